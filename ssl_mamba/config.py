@@ -1,0 +1,266 @@
+"""Typed experiment configuration: dataclasses, YAML loading, `section.key=value` overrides.
+
+A YAML file holds only the differences from the defaults below.  A file may name a `base:`
+file (relative to itself) whose values it overrides, so each paper-table row is a few lines.
+Unknown keys and wrong types are errors that name the key and the file.
+"""
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "acdc"  # acdc | promise12 | synapse | phantom
+    root: str = "../shared/datasets/ACDC"  # dataset folder, or a pack file made by `ssl-mamba data pack`
+    num_classes: int = 4
+    patch_size: List[int] = field(default_factory=lambda: [224, 224])
+    # Labeled subset: exactly one of these may be set; none set means every training slice is labeled.
+    labeled_cases: Optional[int] = None  # first N patients/cases in train_slices.list order
+    labeled_slices: Optional[int] = None  # first K slices (the originals' legacy meaning)
+    labeled_fraction: Optional[float] = None  # fraction of cases, rounded down, at least 1
+    augment: str = "cpu"  # cpu (faithful RandomGenerator) | gpu (batched affine) | none
+    rotflip_prob: float = 0.5  # P(rot90+flip); the rest rotates with rotate_prob
+    rotate_prob: float = 0.5  # P(rotation | no rot90+flip): 0.5 is the MU / old-SSL4MIS behaviour
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    # One entry per network the method trains (cross teaching: two, e.g. [unet, mamba_unet]).
+    networks: List[str] = field(default_factory=lambda: ["mamba_unet"])
+    # Optional ImageNet checkpoint per network (null for none), e.g. VMamba-Tiny / Swin-Tiny files.
+    pretrained: List[Optional[str]] = field(default_factory=list)
+    scan_backend: str = "auto"  # selective-scan backend for Mamba networks: auto | torch | triton | mamba_ssm
+
+
+@dataclass
+class MethodConfig:
+    name: str = "supervised"
+    batch_size: int = 24
+    labeled_batch_size: Optional[int] = None  # null: the whole batch is labeled (supervised)
+    consistency: float = 0.1
+    consistency_rampup: float = 200.0  # in "epochs" of rampup_epoch_iters iterations
+    rampup_epoch_iters: int = 150
+    ema_decay: float = 0.99
+    options: Dict[str, Any] = field(default_factory=dict)  # method-specific, validated by the method
+
+
+@dataclass
+class TrainConfig:
+    max_iterations: int = 10000
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "poly"  # poly | cosine | constant
+    poly_power: float = 0.9
+    val_every: int = 200
+    checkpoint_every: int = 1000  # `last` checkpoint cadence (also written at the end)
+    amp: str = "none"  # none | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 1337
+    deterministic: bool = False
+    on_nonfinite: str = "stop"  # stop | skip
+    log_images_every: int = 1000
+
+
+@dataclass
+class EvalConfig:
+    interp_order: int = 0  # 0 = nearest, as the originals; 1 = bilinear
+    tta_flip: bool = False
+    empty_policy: str = "original"  # original (Dice 0 / HD95 0) | nan | worst
+    asd_mode: str = "symmetric"  # symmetric (paper Eq. 9) | medpy_asd | assd
+    spacing: Optional[List[float]] = None  # voxel spacing (mm); null = unit spacing, as the papers
+    val_split: str = "val"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion from plain dicts, with errors that name the key and the source.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where it is lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, source, prefix=key + ".")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be an int, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def from_dict(cls: type, values: Dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `values`; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}'; known keys here: {', '.join(prefix + n for n in names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    parent = _read_yaml((path.parent / base), seen + (path.resolve(),))
+    return _deep_merge(parent, values)
+
+
+def parse_override(text: str) -> tuple:
+    """'train.lr=0.001' -> (['train', 'lr'], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    values = dict(values)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for k in keys[:-1]:
+            child = node.get(k)
+            node[k] = dict(child) if isinstance(child, dict) else {}
+            node = node[k]
+        node[keys[-1]] = value
+    return values
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+    """Load an experiment: defaults <- YAML file (and its bases) <- `--set` overrides."""
+    values = _read_yaml(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        values = apply_overrides(values, overrides)
+        source += " (with --set overrides)"
+    cfg = from_dict(ExperimentConfig, values, source)
+    validate(cfg, source)
+    return cfg
+
+
+def _check_choice(value: str, choices: tuple, key: str, source: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: '{key}' is {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate(cfg: ExperimentConfig, source: str) -> None:
+    """Cross-field checks that need no registry (names are checked where they are resolved)."""
+    d, m, t, e = cfg.data, cfg.method, cfg.train, cfg.eval
+    _check_choice(d.augment, ("cpu", "gpu", "none"), "data.augment", source)
+    _check_choice(t.amp, ("none", "bf16"), "train.amp", source)
+    _check_choice(t.schedule, ("poly", "cosine", "constant"), "train.schedule", source)
+    _check_choice(t.optimizer, ("sgd", "adam", "adamw"), "train.optimizer", source)
+    _check_choice(t.on_nonfinite, ("stop", "skip"), "train.on_nonfinite", source)
+    _check_choice(e.empty_policy, ("original", "nan", "worst"), "eval.empty_policy", source)
+    _check_choice(e.asd_mode, ("symmetric", "medpy_asd", "assd"), "eval.asd_mode", source)
+    if len(d.patch_size) != 2 or min(d.patch_size) <= 0:
+        raise ConfigError(f"{source}: 'data.patch_size' must be two positive ints, got {d.patch_size}")
+    chosen = [k for k in ("labeled_cases", "labeled_slices", "labeled_fraction") if getattr(d, k) is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"{source}: set only one of data.{' / data.'.join(chosen)}")
+    if d.labeled_fraction is not None and not 0 < d.labeled_fraction <= 1:
+        raise ConfigError(f"{source}: 'data.labeled_fraction' must be in (0, 1], got {d.labeled_fraction}")
+    if m.batch_size < 1:
+        raise ConfigError(f"{source}: 'method.batch_size' must be >= 1, got {m.batch_size}")
+    if m.labeled_batch_size is not None and not 1 <= m.labeled_batch_size <= m.batch_size:
+        raise ConfigError(
+            f"{source}: 'method.labeled_batch_size' ({m.labeled_batch_size}) must be between 1 and "
+            f"method.batch_size ({m.batch_size})"
+        )
+    if t.max_iterations < 1:
+        raise ConfigError(f"{source}: 'train.max_iterations' must be >= 1, got {t.max_iterations}")
+    if cfg.model.pretrained and len(cfg.model.pretrained) != len(cfg.model.networks):
+        raise ConfigError(
+            f"{source}: 'model.pretrained' has {len(cfg.model.pretrained)} entries but 'model.networks' has "
+            f"{len(cfg.model.networks)}; give one path (or null) per network"
+        )
+
+
+def save_config(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from .utils.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
