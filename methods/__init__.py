@@ -1,0 +1,1 @@
+"""Supervision strategies; importing this package registers them all."""
