@@ -1,0 +1,257 @@
+"""`ssl-mamba`: the command-line tool (the composition root: the only library module that imports `methods`).
+
+Errors from bad input (UserError) print one line and exit with code 2; `--debug` shows the traceback.
+Heavy imports happen inside the commands so `--help` stays instant.
+"""
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Turns UserError into one clear line and exit code 2 (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="ssl-mamba")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def main(debug: bool, verbose: bool) -> None:
+    """Label-scarce medical image segmentation with Mamba-UNet and interchangeable SSL methods."""
+    import logging
+
+    from .utils.log import setup_console
+
+    setup_console(logging.DEBUG if verbose else logging.INFO)
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+
+def _registries() -> dict:
+    import methods  # noqa: F401  (registers every method)
+
+    from .engine.method import METHODS
+    from .models import list_models
+    from .ops import available_backends
+
+    return {"models": list_models(), "methods": METHODS.names(), "scan_backends": available_backends()}
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return "cpu"
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(as_json: bool) -> None:
+    """Version, torch, device, registered models and methods, available scan backends."""
+    import torch
+
+    report = {"version": __version__, "torch": torch.__version__, "device": _device_name(), **_registries()}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        click.echo(f"{key:14s} {', '.join(value) if isinstance(value, list) else value}")
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _load(config: Optional[str], overrides: List[str]):
+    from .config import load_config
+
+    return load_config(config, list(overrides))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-c", "--config", type=str, help="Experiment YAML (e.g. configs/acdc/semi_mamba_unet_3cases.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value (repeatable).")
+@click.option("--resume", "resume_dir", type=str, help="Continue the run in this directory exactly where it stopped.")
+@click.option("--run-dir", type=str, help="Write the run here instead of <output_dir>/<name>.")
+@click.option("--evaluate/--no-evaluate", "then_evaluate", default=False, help="Evaluate on the test split afterwards.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
+def train(config, overrides, resume_dir, run_dir, then_evaluate, no_progress) -> None:
+    """Train one experiment; writes config, split, logs, TensorBoard events and checkpoints to the run dir."""
+    from .runs import new_run_dir, resume_config
+
+    if resume_dir:
+        cfg, directory = resume_config(Path(resume_dir), list(overrides)), Path(resume_dir)
+    else:
+        if not config:
+            raise UserError("give --config FILE (see configs/) or --resume RUN_DIR")
+        cfg = _load(config, overrides)
+        directory = Path(run_dir) if run_dir else new_run_dir(cfg)
+    summary = _fit(cfg, directory, resume=bool(resume_dir), progress=not no_progress)
+    click.echo(f"run directory: {directory}")
+    click.echo(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}))
+    if then_evaluate:
+        _evaluate_run(directory, "test", network=None)
+
+
+def _fit(cfg, run_dir: Path, resume: bool, progress: bool) -> dict:
+    import methods  # noqa: F401
+
+    from .engine.trainer import Trainer
+
+    return Trainer(cfg, run_dir, resume=resume, progress=progress).fit()
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--run", "run_dir", type=str, help="A run directory written by `ssl-mamba train`.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]))
+@click.option("--network", default=None, help="Which trained network (net1, net2...); default: each one.")
+@click.option("--checkpoint", type=str, help="Evaluate this checkpoint instead of a run (needs --config).")
+@click.option("-c", "--config", type=str, help="Experiment YAML describing the checkpoint's network and data.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
+@click.option("--out", type=str, help="Output folder (default: RUN/metrics/SPLIT).")
+def evaluate(run_dir, split, network, checkpoint, config, overrides, out) -> None:
+    """Score the best checkpoint(s) on the test (or val) volumes: CSV per case and class, summary JSON, paper row."""
+    if checkpoint:
+        from .runs import evaluate_checkpoint
+
+        cfg = _load(config, overrides)
+        out_dir = Path(out) if out else Path(checkpoint).parent / "metrics" / split
+        row = evaluate_checkpoint(cfg, Path(checkpoint), split, out_dir)
+        click.echo(row)
+        return
+    if not run_dir:
+        raise UserError("give --run RUN_DIR, or --checkpoint FILE with --config FILE")
+    _evaluate_run(Path(run_dir), split, network, Path(out) if out else None)
+
+
+def _evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None) -> None:
+    from .runs import evaluate_run
+
+    for line in evaluate_run(run_dir, split, network, out):
+        click.echo(line)
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--format", "fmt", default="markdown", show_default=True, type=click.Choice(["markdown", "latex", "csv"]))
+@click.option("--compare", type=click.Choice(["paper"]), default=None, help="Put the papers' numbers beside ours.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=str, help="Also write the table to this file.")
+def table(run_dirs, fmt, compare, split, out) -> None:
+    """Assemble evaluated runs into a paper-style table (mean ± std over seeds of one configuration)."""
+    from .metrics.table import build_table
+    from .utils.io import atomic_write_text
+
+    missing = [d for d in run_dirs if not Path(d).is_dir()]
+    if missing:
+        raise UserError(f"run directory not found: {missing[0]}")
+    text = build_table([Path(d) for d in run_dirs], fmt=fmt, compare=compare, split=split)
+    click.echo(text)
+    if out:
+        atomic_write_text(Path(out), text + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for the phantom data and the run.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a demo config value.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def demo(out, overrides, no_progress) -> None:
+    """Generate a cardiac phantom, train a label-scarce cross-teaching run, evaluate it, print the table."""
+    from .demo import run_demo
+
+    for line in run_demo(Path(out), list(overrides), progress=not no_progress):
+        click.echo(line)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@main.group(cls=_Group, context_settings=CONTEXT)
+def data() -> None:
+    """Dataset tools: info/check, pack, phantom."""
+
+
+@data.command("info", context_settings=CONTEXT)
+@click.argument("root")
+@click.option("--labeled-cases", type=int, default=None, help="Also report the split for N labeled cases.")
+@click.option("--num-classes", type=int, default=None, help="Expected number of classes (for --check).")
+@click.option("--check", is_flag=True, help="Open and validate every file; exit 2 on any problem.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def data_info(root, labeled_cases, num_classes, check, as_json) -> None:
+    """Counts of slices, cases and volumes per split, labeled/unlabeled slices, label values, image sizes."""
+    from .data import check_dataset, dataset_info
+
+    report = dataset_info(root, labeled_cases=labeled_cases)
+    problems = check_dataset(root, num_classes or report.get("num_classes") or 4) if check else []
+    if check:
+        report["problems"] = problems
+    if as_json:
+        click.echo(json.dumps(report, default=str))
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:22s} {value}")
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in {root}; first: {problems[0]}")
+
+
+@data.command("pack", context_settings=CONTEXT)
+@click.argument("root")
+@click.argument("out")
+@click.option("--dtype", default="uint16", show_default=True, type=click.Choice(["uint16", "uint8"]),
+              help="Image quantisation (uint8 is lossy and is recorded in every result that uses it).")
+def data_pack(root, out, dtype) -> None:
+    """Write a dataset into one compact file that loads straight into memory."""
+    from .data import pack_dataset
+
+    report = pack_dataset(root, out, dtype=dtype)
+    click.echo(json.dumps(report, default=str) if isinstance(report, dict) else str(report))
+
+
+@data.command("phantom", context_settings=CONTEXT)
+@click.argument("out")
+@click.option("--train-patients", default=12, show_default=True)
+@click.option("--val-patients", default=2, show_default=True)
+@click.option("--test-patients", default=4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data_phantom(out, train_patients, val_patients, test_patients, seed) -> None:
+    """Generate the synthetic cardiac phantom dataset (ACDC layout) into OUT."""
+    from .data import generate_phantom
+
+    generate_phantom(Path(out), n_train_patients=train_patients, n_val_patients=val_patients,
+                     n_test_patients=test_patients, seed=seed)
+    click.echo(f"phantom dataset written to {out}")
+
+
+def run() -> None:  # pragma: no cover - `python -m ssl_mamba.cli`
+    main(prog_name="ssl-mamba")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

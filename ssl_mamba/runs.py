@@ -1,0 +1,151 @@
+"""Run directories: naming, resuming, and evaluating what a run trained.
+
+Sits beside the CLI at the top of the dependency graph: it composes data, models, metrics and
+the trainer's files, and is what `ssl-mamba evaluate` and the demo call.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .config import ExperimentConfig, load_config
+from .errors import UserError
+from .utils.log import get_logger
+
+log = get_logger("runs")
+
+
+def new_run_dir(cfg: ExperimentConfig) -> Path:
+    """`<output_dir>/<name>`, or with a timestamp suffix when that exists: never overwrite a run."""
+    base = Path(cfg.output_dir) / cfg.name
+    if not base.exists():
+        return base
+    return base.with_name(f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def resume_config(run_dir: Path, overrides: List[str]) -> ExperimentConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"cannot resume {run_dir}: no config.yaml there (is it a run directory?)")
+    if not (run_dir / "last.pt").is_file():
+        raise UserError(f"cannot resume {run_dir}: no last.pt checkpoint yet")
+    return load_config(path, overrides)
+
+
+def _checkpoints(run_dir: Path, cfg: ExperimentConfig, network: Optional[str]) -> Dict[str, Path]:
+    """net name -> best checkpoint file, for every network of the run (or just `network`)."""
+    names = [f"net{i + 1}" for i in range(len(cfg.model.networks))]
+    if network is not None:
+        if network not in names:
+            raise UserError(f"run {run_dir} has networks {', '.join(names)}; not {network!r}")
+        names = [network]
+    found = {n: run_dir / f"best_{n}.pth" for n in names}
+    missing = [str(p) for p in found.values() if not p.is_file()]
+    if missing:
+        present = sorted(p.name for p in run_dir.glob("*.pth"))
+        raise UserError(f"checkpoint not found: {missing[0]} (present: {', '.join(present) or 'none'})")
+    return found
+
+
+def _primary_network(run_dir: Path, candidates: List[str]) -> str:
+    """The network to report for the run: best validation Dice (never chosen on the test split)."""
+    path = run_dir / "summary.json"
+    if len(candidates) == 1 or not path.is_file():
+        return candidates[0]
+    best = json.loads(path.read_text()).get("best", {})
+    scored = [(best.get(n, {}).get("dice", float("-inf")), n) for n in candidates]
+    return max(scored)[1]
+
+
+def _build_network(cfg: ExperimentConfig, index: int):
+    from .models import create_model
+
+    name = cfg.model.networks[index]
+    kwargs = {"scan_backend": cfg.model.scan_backend} if "mamba" in name else {}
+    return create_model(name, in_chans=1, num_classes=cfg.data.num_classes, **kwargs)
+
+
+def _load_weights(net, path: Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable or truncated file
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"checkpoint {path} does not fit the configured network: {first}") from None
+
+
+def _device(cfg: ExperimentConfig):
+    import torch
+
+    if cfg.train.device != "auto":
+        return torch.device(cfg.train.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _score(cfg: ExperimentConfig, net, split: str, out_dir: Path, figures_dir: Optional[Path]):
+    from .data import open_dataset
+    from .metrics import evaluate_volumes, write_reports
+
+    device = _device(cfg)
+    source = open_dataset(cfg.data.root)
+    names = source.volume_names(split)
+    if not names:
+        raise UserError(f"dataset {cfg.data.root} has no volumes in split {split!r}")
+    result = evaluate_volumes(net.to(device), source, names, cfg.data.num_classes, tuple(cfg.data.patch_size),
+                              cfg.eval, device, progress=True)
+    write_reports(result, out_dir)
+    if figures_dir is not None:
+        _figures(result, net, source, names, cfg, figures_dir, device)
+    return result
+
+
+def _figures(result, net, source, names, cfg: ExperimentConfig, figures_dir: Path, device) -> None:
+    from .metrics import figures
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    figures.dice_histogram(result, figures_dir / "dice_histogram.png")
+    figures.overlay_figure(net, source, names[:3], cfg, figures_dir / "overlays.png", device)
+
+
+def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None) -> List[str]:
+    """Evaluate every (or one) best checkpoint of a run; the primary network's report is also
+    written at the top of the output folder, where `ssl-mamba table` reads it."""
+    from .metrics import paper_row, write_reports
+
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    out = out or run_dir / "metrics" / split
+    checkpoints = _checkpoints(run_dir, cfg, network)
+    primary = _primary_network(run_dir, list(checkpoints))
+    lines = []
+    for name, path in checkpoints.items():
+        net = _build_network(cfg, int(name[3:]) - 1)
+        _load_weights(net, path)
+        figures_dir = run_dir / "figures" / split / name
+        result = _score(cfg, net, split, out / name, figures_dir)
+        if name == primary:
+            write_reports(result, out, extra={"network": name, "model": cfg.model.networks[int(name[3:]) - 1]})
+        lines.append(f"{name} ({cfg.model.networks[int(name[3:]) - 1]}){' [reported]' if name == primary else ''}: "
+                     f"{paper_row(result.summary)}")
+    lines.append(f"reports: {out}")
+    return lines
+
+
+def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: Path, split: str, out_dir: Path) -> str:
+    """Evaluate a single checkpoint file (e.g. trained with the original code) with the config's first network."""
+    from .metrics import paper_row
+
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint not found: {checkpoint}")
+    net = _build_network(cfg, 0)
+    _load_weights(net, checkpoint)
+    result = _score(cfg, net, split, out_dir, figures_dir=None)
+    return paper_row(result.summary)
