@@ -117,10 +117,10 @@ def _figures(result, net, source, names, cfg: ExperimentConfig, figures_dir: Pat
 def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None) -> List[str]:
     """Evaluate every (or one) best checkpoint of a run; the primary network's report is also
     written at the top of the output folder, where `ssl-mamba table` reads it."""
-    from .metrics import paper_row, write_reports
-
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    from .metrics import paper_row, write_reports
+
     cfg = load_config(run_dir / "config.yaml")
     out = out or run_dir / "metrics" / split
     checkpoints = _checkpoints(run_dir, cfg, network)

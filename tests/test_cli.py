@@ -1,0 +1,105 @@
+"""The command-line tool: help everywhere, `info --json`, and one clear line (exit 2) for bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ssl_mamba.cli import main
+
+COMMANDS = [[], ["info"], ["train"], ["evaluate"], ["table"], ["demo"], ["data"], ["data", "info"],
+            ["data", "pack"], ["data", "phantom"]]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_every_command_has_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_info_json_lists_registries():
+    result = invoke("info", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for key in ("version", "torch", "device", "models", "methods", "scan_backends"):
+        assert key in report
+    assert {"mamba_unet", "unet", "swin_unet"} <= set(report["models"])
+    assert {"supervised", "mean_teacher", "uamt", "ict", "entropy_min", "adversarial", "co_training", "cps",
+            "cross_teaching"} <= set(report["methods"])
+    assert "torch" in report["scan_backends"]
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(invoke("train", "--config", str(tmp_path / "nope.yaml")), "config file not found", "nope.yaml")
+
+
+def test_unknown_key_in_config(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"train": {"iterations": 10}}))
+    assert_one_line_error(invoke("train", "--config", str(path)), "exp.yaml", "train.iterations")
+
+
+def test_unknown_override_key(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\n")
+    assert_one_line_error(invoke("train", "-c", str(path), "--set", "model.backbone=unet"), "model.backbone")
+
+
+def tiny_experiment(tmp_path, **changes):
+    values = {"name": "t", "output_dir": str(tmp_path / "runs"),
+              "data": {"dataset": "phantom", "root": str(tmp_path / "nowhere"), "patch_size": [32, 32]},
+              "model": {"networks": ["test_unet"]}, "train": {"max_iterations": 2, "device": "cpu"}}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        values[section][name] = value
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_unknown_method_lists_known_ones(tmp_path):
+    path = tiny_experiment(tmp_path, method__name="fixmatch")
+    assert_one_line_error(invoke("train", "-c", str(path)), "unknown method 'fixmatch'", "cross_teaching", "supervised")
+
+
+def test_unknown_model_lists_known_ones(tmp_path):
+    path = tiny_experiment(tmp_path, model__networks=["resnet"])
+    assert_one_line_error(invoke("train", "-c", str(path)), "unknown model 'resnet'", "mamba_unet")
+
+
+def test_missing_dataset_path(tmp_path):
+    path = tiny_experiment(tmp_path)
+    assert_one_line_error(invoke("train", "-c", str(path)), "nowhere")
+
+
+def test_data_info_on_missing_root(tmp_path):
+    assert_one_line_error(invoke("data", "info", str(tmp_path / "missing")), "missing")
+
+
+def test_evaluate_without_run_dir(tmp_path):
+    assert_one_line_error(invoke("evaluate", "--run", str(tmp_path)), "not a run directory")
+
+
+def test_debug_shows_traceback(tmp_path):
+    """`--debug` re-raises instead of the one-line message (in a real process, so exit codes are real)."""
+    cmd = [sys.executable, "-m", "ssl_mamba.cli", "--debug", "train", "-c", str(tmp_path / "nope.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    proc = subprocess.run(cmd[:3] + cmd[4:], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope.yaml" in proc.stderr
