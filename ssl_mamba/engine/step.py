@@ -1,0 +1,90 @@
+"""One training iteration, exactly as the Method contract describes it.
+
+    out = method.training_step(batch, step)            # under autocast when AMP is on
+    for each optimizer group, in declaration order:
+        loss = out.losses[name]  (a thunk is called now, after the earlier groups stepped)
+        zero grads; loss.backward(); optimizer.step()
+    method.after_step(step)
+
+A non-finite loss is caught before its backward: with on_nonfinite="stop" it raises
+TrainingDiverged (naming the iteration and the loss terms); with "skip" the rest of the
+iteration (remaining groups and after_step) is skipped and the caller counts it.
+"""
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from ..errors import UserError
+from .method import Method, StepOutput
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite and train.on_nonfinite is "stop"."""
+
+
+@dataclass
+class IterationResult:
+    losses: Dict[str, float] = field(default_factory=dict)  # group name -> loss value
+    logs: Dict[str, float] = field(default_factory=dict)
+    images: Dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: Optional[str] = None  # why the iteration was skipped (non-finite loss), else None
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for amp == "bf16", a no-op otherwise."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _nonfinite_terms(logs: Dict[str, float]) -> List[str]:
+    bad = []
+    for key, value in logs.items():
+        try:
+            if not math.isfinite(float(value)):
+                bad.append(key)
+        except (TypeError, ValueError):
+            continue
+    return bad
+
+
+def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
+    if name not in out.losses:
+        raise KeyError(f"training_step returned no loss for optimizer group {name!r}; got {sorted(out.losses)}")
+    loss = out.losses[name]
+    if callable(loss):
+        with amp_ctx_factory():
+            loss = loss()
+    return loss
+
+
+def run_iteration(method: Method, optimizers: list, batch, step: int, device: torch.device,
+                  amp: str = "none", on_nonfinite: str = "stop") -> IterationResult:
+    """Forward, per-group backward/step, after_step.  `step` is the 0-based iteration index."""
+    amp_ctx = lambda: autocast_context(device, amp)  # noqa: E731  (a fresh context per use)
+    with amp_ctx():
+        out = method.training_step(batch, step)
+    result = IterationResult(logs=dict(out.logs), images=dict(out.images))
+    for group, optimizer in zip(method.optimizer_groups(), optimizers):
+        loss = _resolve_loss(out, group.name, amp_ctx)
+        value = float(loss.detach().float())
+        result.losses[group.name] = value
+        if not math.isfinite(value):
+            terms = _nonfinite_terms(result.logs) or [f"loss/{group.name}"]
+            message = (f"non-finite loss at iteration {step + 1} in optimizer group {group.name!r} "
+                       f"(value {value}; non-finite terms: {', '.join(terms)})")
+            if on_nonfinite == "stop":
+                raise TrainingDiverged(message + "; the last checkpoint is kept. "
+                                       "Lower train.lr, try train.amp=none, or set train.on_nonfinite=skip")
+            result.skipped = message
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            return result
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    method.after_step(step)
+    return result

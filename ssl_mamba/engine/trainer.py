@@ -1,0 +1,336 @@
+"""The shared trainer: builds an experiment from its config, trains it, validates, checkpoints.
+
+`Trainer(cfg, run_dir).fit()` trains `cfg.method.name` on the networks of `cfg.model.networks`
+and returns the final summary (also written to `summary.json`).  The run directory gets
+`config.yaml`, `split.json`, `train.log`, TensorBoard events, `metrics.jsonl`, `last.pt`
+(every train.checkpoint_every iterations and at the end), `best_<net>.pth` (by mean validation
+Dice, strict improvement) and `summary.json`.  `Trainer(cfg, run_dir, resume=True)` continues
+from `last.pt` and produces the same weights as an uninterrupted run.
+"""
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig, save_config, to_dict
+from ..errors import ConfigError, DataError, UserError
+from ..utils.io import atomic_write_json
+from ..utils.log import get_logger
+from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, save_network,
+                         seed_everything)
+from .method import METHODS, Method
+from .optim import build_all, set_lr
+from .run_log import RunLogger
+from .step import IterationResult, run_iteration
+
+log = get_logger("engine.trainer")
+
+LAST = "last.pt"
+SUMMARY = "summary.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device: auto -> cuda if available else cpu; an unavailable cuda is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """train.deterministic: deterministic algorithms (warn only) and fixed cuDNN kernels."""
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the ssl-mamba checkout, when it is one; None otherwise."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def build_networks(cfg: ExperimentConfig) -> List[nn.Module]:
+    """create_model for each model.networks name (+ load_pretrained where model.pretrained is set)."""
+    from ..models import create_model, load_pretrained
+
+    nets = []
+    for i, name in enumerate(cfg.model.networks):
+        kwargs = {"scan_backend": cfg.model.scan_backend} if "mamba" in name else {}
+        net = create_model(name, in_chans=1, num_classes=cfg.data.num_classes, **kwargs)
+        path = cfg.model.pretrained[i] if cfg.model.pretrained else None
+        if path:
+            report = load_pretrained(net, path)
+            log.info("network %d (%s): loaded pretrained weights from %s: %s", i + 1, name, path, report)
+        nets.append(net)
+    return nets
+
+
+def check_patch_size(method: Method, patch_size: List[int]) -> None:
+    """Every network that declares `check_input_size` must accept the training patch."""
+    h, w = patch_size
+    for name, net in method.modules.items():
+        check = getattr(net, "check_input_size", None)
+        if check is None:
+            continue
+        try:
+            check(h, w)
+        except (UserError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"data.patch_size {list(patch_size)} does not suit network {name!r}: {exc}") from None
+
+
+class Trainer:
+    """Builds and runs one experiment in `run_dir` (see the module docstring)."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Union[str, Path], resume: bool = False,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+        self._check_run_dir()
+        self.device = resolve_device(cfg.train.device)
+        configure_determinism(cfg.train.deterministic)
+        seed_everything(cfg.train.seed)
+        self._build()
+
+    # ---- construction -------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        last = self.run_dir / LAST
+        if self.resume and not last.is_file():
+            raise UserError(f"cannot resume: {last} does not exist (start the run without resume)")
+        if not self.resume and (last.is_file() or (self.run_dir / SUMMARY).is_file()):
+            raise UserError(f"run directory {self.run_dir} already holds a run; resume it or choose another name")
+
+    def _build(self) -> None:
+        """Data, networks, method, optimizers: every check runs before the first iteration."""
+        cfg = self.cfg
+        from ..data import build_train_stream, make_split, open_dataset
+
+        if cfg.eval.val_split == "test":
+            raise ConfigError("eval.val_split is 'test': model selection must never see the test split; use val")
+        self.source = open_dataset(cfg.data.root)
+        self.split = make_split(self.source, labeled_cases=cfg.data.labeled_cases,
+                                labeled_slices=cfg.data.labeled_slices, labeled_fraction=cfg.data.labeled_fraction)
+        self.val_names = list(self.source.volume_names(cfg.eval.val_split))
+        if not self.val_names:
+            raise DataError(f"{cfg.data.root}: the {cfg.eval.val_split!r} split has no volumes to validate on")
+        self.method: Method = METHODS.get(cfg.method.name)(cfg, build_networks(cfg))
+        check_patch_size(self.method, cfg.data.patch_size)
+        self.method.to(self.device)
+        self.groups = self.method.optimizer_groups()
+        self.optimizers, self.schedules = build_all(self.groups, cfg.train)
+        self.stream = build_train_stream(cfg.data, self.source, self.split, cfg.method.batch_size,
+                                         self._labeled_batch_size(), cfg.train.seed, self.device)
+        self.iteration = 0
+        self.best: Dict[str, Dict[str, float]] = {}
+        self.skipped = 0
+        self.elapsed = {"wall": 0.0, "train": 0.0}
+
+    def _labeled_batch_size(self) -> int:
+        m = self.cfg.method
+        if not self.method.needs_unlabeled:
+            return m.batch_size
+        if m.labeled_batch_size is None or m.labeled_batch_size >= m.batch_size:
+            raise ConfigError(
+                f"method {m.name!r} trains on unlabeled data: set method.labeled_batch_size below "
+                f"method.batch_size ({m.batch_size}), got {m.labeled_batch_size}"
+            )
+        return m.labeled_batch_size
+
+    # ---- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "method": self.method.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedules": [s.state_dict() for s in self.schedules],
+            "rng": capture_rng_state(),
+            "stream": self.stream.state_dict(),
+            "best": self.best,
+            "skipped": self.skipped,
+            "elapsed": dict(self.elapsed),
+            "config": to_dict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise UserError(f"checkpoint has {len(state['optimizers'])} optimizer(s); this method has "
+                            f"{len(self.optimizers)}: was the method changed?")
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.stream.load_state_dict(state["stream"])
+        restore_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        self.best = dict(state["best"])
+        self.skipped = int(state["skipped"])
+        self.elapsed = dict(state["elapsed"])
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        """Set each group's lr for the next iteration from its schedule (pure in the iteration)."""
+        for opt, schedule in zip(self.optimizers, self.schedules):
+            set_lr(opt, schedule(self.iteration))
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.state_dict(), self.run_dir / LAST)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to train.max_iterations (validating and checkpointing) and return the summary."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start_wall = time.perf_counter()
+        resume_step = None
+        if self.resume:
+            self.load_state_dict(load_checkpoint(self.run_dir / LAST, map_location=self.device))
+            resume_step = self.iteration
+        else:
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            atomic_write_json(self.run_dir / "split.json", self.split.to_dict())
+            self._apply_lr()
+        self.logger = RunLogger(self.run_dir, resume_step)
+        try:
+            self._log_start()
+            self._loop(start_wall)
+            return self._finish(start_wall)
+        finally:
+            self.logger.close()
+            close = getattr(self.stream, "close", None)
+            if close is not None:
+                close()
+
+    def _log_start(self) -> None:
+        cfg = self.cfg
+        sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in self.method.modules.items()}
+        verb = f"resuming at iteration {self.iteration}" if self.resume else "starting"
+        log.info("%s %s: method %s, networks %s, parameters %s, device %s, %d labeled / %d unlabeled slices",
+                 verb, cfg.name, cfg.method.name, cfg.model.networks, sizes, self.device,
+                 len(self.split.labeled_indices), len(self.split.unlabeled_indices))
+
+    def _loop(self, start_wall: float) -> None:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        bar = tqdm(total=t.max_iterations, initial=self.iteration, disable=not self.progress,
+                   desc=self.cfg.name, dynamic_ncols=True)
+        stream = iter(self.stream)
+        wall0 = self.elapsed["wall"]
+        try:
+            while self.iteration < t.max_iterations:
+                tick = time.perf_counter()
+                self.method.train()
+                result = run_iteration(self.method, self.optimizers, next(stream), self.iteration, self.device,
+                                       t.amp, t.on_nonfinite)
+                self.iteration += 1
+                self._apply_lr()
+                self.elapsed["train"] += time.perf_counter() - tick
+                self._after_iteration(result)
+                self.elapsed["wall"] = wall0 + time.perf_counter() - start_wall
+                if self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations:
+                    self._save_last()
+                bar.update(1)
+                if result.losses:
+                    bar.set_postfix(loss=f"{sum(result.losses.values()):.4f}", refresh=False)
+        finally:
+            bar.close()
+
+    def _after_iteration(self, result: IterationResult) -> None:
+        t = self.cfg.train
+        if result.skipped:
+            self.skipped += 1
+            log.warning("%s; step skipped (%d so far)", result.skipped, self.skipped)
+        scalars = {f"loss/{name}": v for name, v in result.losses.items()}
+        scalars.update(result.logs)
+        for group, opt in zip(self.groups, self.optimizers):
+            scalars[f"lr/{group.name}"] = opt.param_groups[0]["lr"]
+        scalars["train/skipped_steps"] = self.skipped
+        if self.iteration % t.val_every == 0 or self.iteration == t.max_iterations:
+            scalars.update(self._validate())
+        self.logger.scalars(self.iteration, scalars)
+        if t.log_images_every > 0 and self.iteration % t.log_images_every == 0 and result.images:
+            self.logger.images(self.iteration, result.images)
+
+    # ---- validation -----------------------------------------------------------------------------
+    def _validate(self) -> Dict[str, float]:
+        """Evaluate every eval network on the validation volumes; keep best_<net>.pth on improvement."""
+        from ..metrics import evaluate_volumes
+
+        scalars: Dict[str, float] = {}
+        for name, net in self.method.eval_networks().items():
+            net.eval()
+            with torch.no_grad():
+                res = evaluate_volumes(net, self.source, self.val_names, self.cfg.data.num_classes,
+                                       self.cfg.data.patch_size, self.cfg.eval, self.device)
+            net.train()
+            dice = float(res.mean_dice)
+            scalars.update(val_scalars(name, res))
+            best = self.best.get(name)
+            if best is None or dice > best["dice"]:
+                self.best[name] = {"dice": dice, "iteration": self.iteration}
+                save_network(net, self.run_dir / f"best_{name}.pth")
+            log.info("iteration %d: %s val mean Dice %.4f (best %.4f at %d)", self.iteration, name, dice,
+                     self.best[name]["dice"], self.best[name]["iteration"])
+        self.method.train()
+        return scalars
+
+    # ---- the end --------------------------------------------------------------------------------
+    def _finish(self, start_wall: float) -> dict:
+        cfg = self.cfg
+        images = self.iteration * cfg.method.batch_size
+        train_time = self.elapsed["train"]
+        summary = {
+            "name": cfg.name,
+            "method": cfg.method.name,
+            "networks": list(cfg.model.networks),
+            "iterations": self.iteration,
+            "best_val_dice": {k: v["dice"] for k, v in self.best.items()},
+            "best_iteration": {k: v["iteration"] for k, v in self.best.items()},
+            "skipped_steps": self.skipped,
+            "wall_time_s": self.elapsed["wall"],
+            "train_time_s": train_time,
+            "images_per_s": images / train_time if train_time > 0 else None,
+            "device": str(self.device),
+            "device_name": device_name(self.device),
+            "amp": cfg.train.amp,
+            "torch_version": torch.__version__,
+            "git_commit": git_commit(),
+        }
+        atomic_write_json(self.run_dir / SUMMARY, summary)
+        log.info("finished %s after %d iterations in %.1f s (%.1f img/s); best val Dice %s", cfg.name,
+                 self.iteration, summary["wall_time_s"], summary["images_per_s"] or 0.0, summary["best_val_dice"])
+        return summary
+
+
+def val_scalars(net_name: str, result: object) -> Dict[str, float]:
+    """val/<net>/<metric> for the mean over classes, val/<net>/class<c>/<metric> per class."""
+    out = {f"val/{net_name}/{k}": float(v) for k, v in (getattr(result, "mean", None) or {}).items()}
+    for cls, metrics in (getattr(result, "per_class", None) or {}).items():
+        out.update({f"val/{net_name}/class{cls}/{k}": float(v) for k, v in metrics.items()})
+    out[f"val/{net_name}/dice"] = float(result.mean_dice)
+    return out
