@@ -1,0 +1,99 @@
+"""Score a network on a list of volumes: per case and class, per class, overall.
+
+The protocol of the papers (reference-original.md §6): each metric per class on each 3-D
+volume, then the mean over the volumes per class, then the mean over the foreground classes.
+Means use nanmean, so values the "nan" empty policy leaves undefined are excluded.
+"""
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import EvalConfig, to_dict
+from .case import METRIC_NAMES, case_metrics, slice_dice
+from .inference import check_patch_size, predict_volume
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean ignoring NaN; NaN (without a warning) when nothing is defined."""
+    arr = np.asarray(values, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(arr)) if arr.size else float("nan")
+
+
+@dataclass
+class EvalResult:
+    """Everything one evaluation produced.
+
+    per_case: one row per (case, class): {"case", "class", "dice", ..., "asd"}.
+    per_class: {class: {metric: mean over cases}}.  mean: {metric: mean over classes}.
+    slice_dice: per-image Dice of every slice with foreground (Fig. 6 histogram).
+    settings: the evaluation settings (interp_order, tta_flip, empty_policy, asd_mode, spacing...).
+    """
+
+    per_case: List[Dict[str, Any]]
+    per_class: Dict[int, Dict[str, float]]
+    mean: Dict[str, float]
+    slice_dice: List[float] = field(default_factory=list)
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean_dice(self) -> float:
+        return self.mean["dice"]
+
+    @property
+    def num_cases(self) -> int:
+        return len({row["case"] for row in self.per_case})
+
+    @property
+    def summary(self) -> Dict[str, Any]:
+        """Means per class and overall, with the settings (what `summary.json` holds)."""
+        return {
+            "num_cases": self.num_cases,
+            "settings": dict(self.settings),
+            "per_class": {str(c): dict(m) for c, m in self.per_class.items()},
+            "mean": dict(self.mean),
+            "mean_dice": self.mean_dice,
+        }
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = self.summary
+        out["per_case"] = [dict(row) for row in self.per_case]
+        out["slice_dice"] = list(self.slice_dice)
+        return out
+
+
+def summarize(per_case: List[Dict[str, Any]], num_classes: int, slice_values: Optional[List[float]] = None,
+              settings: Optional[Dict[str, Any]] = None) -> EvalResult:
+    """Aggregate per-case rows: mean over cases per class, then mean over classes."""
+    per_class = {
+        c: {m: nanmean([row[m] for row in per_case if row["class"] == c]) for m in METRIC_NAMES}
+        for c in range(1, num_classes)
+    }
+    mean = {m: nanmean([per_class[c][m] for c in per_class]) for m in METRIC_NAMES}
+    return EvalResult(per_case, per_class, mean, list(slice_values or []), dict(settings or {}))
+
+
+def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_classes: int, patch_size: Sequence[int],
+                     eval_cfg: EvalConfig, device: Optional[torch.device] = None, progress: bool = False) -> EvalResult:
+    """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`."""
+    check_patch_size(net, patch_size)
+    spacing = list(eval_cfg.spacing) if eval_cfg.spacing is not None else None
+    iterator = names
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(names, desc="evaluate", unit="vol", leave=False)
+    rows, slices = [], []
+    for name in iterator:
+        image, label = source.read_volume(name)
+        pred = predict_volume(net, image, patch_size, eval_cfg.interp_order, eval_cfg.tta_flip, device)
+        scores = case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode)
+        rows.extend({"case": name, "class": c, **scores[c]} for c in sorted(scores))
+        slices.extend(slice_dice(pred, label, num_classes))
+    settings = {**to_dict(eval_cfg), "num_classes": num_classes, "patch_size": list(patch_size)}
+    return summarize(rows, num_classes, slices, settings)

@@ -1,0 +1,193 @@
+"""Figures as PNG files (matplotlib, Agg backend: no display needed).
+
+- `dice_histogram`: the per-image Dice histogram of the Mamba-UNet paper's Fig. 6;
+- `overlay_figure` / `overlay_panels`: image, ground truth and prediction of a few test slices,
+  one fixed colour per class (`CLASS_COLOURS`);
+- `training_curves`: losses and validation metrics of a run, read by `read_scalars` from the
+  trainer's `metrics.jsonl` (one JSON object per line with "step" and scalar keys such as
+  "loss/total" or "val/net1/dice") or, when that file is absent, from the TensorBoard event files.
+"""
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import DataError
+
+PathLike = Union[str, Path]
+# RGB per class index; background is left transparent.  Classes beyond the list reuse it cyclically.
+CLASS_COLOURS = ((0.0, 0.0, 0.0), (0.90, 0.10, 0.10), (0.10, 0.75, 0.20), (0.15, 0.35, 0.95),
+                 (0.95, 0.85, 0.10), (0.85, 0.20, 0.85), (0.10, 0.85, 0.85), (0.95, 0.55, 0.10),
+                 (0.55, 0.30, 0.85))
+Scalars = Dict[str, Tuple[List[int], List[float]]]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def dice_histogram(values: Any, path: PathLike, bins: int = 20, title: Optional[str] = None) -> Path:
+    """Histogram of per-image Dice: `values` is an EvalResult (its .slice_dice) or a sequence."""
+    data = np.asarray(getattr(values, "slice_dice", values), dtype=np.float64)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(data, bins=bins, range=(0.0, 1.0), color="tab:blue", edgecolor="white")
+    ax.set_xlabel("Dice per image")
+    ax.set_ylabel("number of images")
+    mean = float(data.mean()) if data.size else float("nan")
+    ax.set_title(title or f"{data.size} images, mean Dice {mean:.4f}")
+    return _save(fig, path)
+
+
+def label_rgba(label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 4) colours, background transparent."""
+    colours = np.array([CLASS_COLOURS[i % len(CLASS_COLOURS)] for i in range(int(label.max()) + 1)])  # (K', 3)
+    rgba = np.zeros(label.shape + (4,), dtype=np.float64)
+    rgba[..., :3] = colours[label]
+    rgba[..., 3] = np.where(label > 0, alpha, 0.0)
+    return rgba
+
+
+def overlay_panels(samples: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]], path: PathLike,
+                   titles: Optional[Sequence[str]] = None) -> Path:
+    """One row per (image, label, prediction) 2-D triple: image, label overlay, prediction overlay."""
+    if not samples:
+        raise DataError("overlay figure: no slices to draw")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
+    for r, (image, label, pred) in enumerate(samples):
+        for c, (overlay, name) in enumerate(((None, "image"), (label, "ground truth"), (pred, "prediction"))):
+            ax = axes[r, c]
+            ax.imshow(image, cmap="gray", interpolation="nearest")
+            if overlay is not None:
+                ax.imshow(label_rgba(np.asarray(overlay).astype(np.int64)), interpolation="nearest")
+            ax.set_title(f"{titles[r]}: {name}" if titles and c == 0 else name, fontsize=9)
+            ax.axis("off")
+    return _save(fig, path)
+
+
+def _richest_slice(label: np.ndarray) -> int:
+    """Index of the slice with the most labelled foreground."""
+    return int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
+
+
+def overlay_figure(net: Any, source: Any, names: Sequence[str], cfg: Any, path: PathLike, device: Any = None) -> Path:
+    """Predict each volume in `names` (with cfg.data.patch_size and cfg.eval's resize/TTA) and draw
+    its slice with the most labelled foreground."""
+    from .inference import predict_volume
+
+    samples, titles = [], []
+    for name in names:
+        image, label = source.read_volume(name)
+        pred = predict_volume(net, image, cfg.data.patch_size, cfg.eval.interp_order, cfg.eval.tta_flip, device)
+        s = _richest_slice(label)
+        samples.append((image[s], label[s], pred[s]))
+        titles.append(f"{name} slice {s}")
+    return overlay_panels(samples, path, titles)
+
+
+# ---------------------------------------------------------------------------------------------- scalars
+
+
+def _read_jsonl(path: Path) -> Scalars:
+    scalars: Scalars = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path}: line {number} is not JSON") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise DataError(f"{path}: line {number} has no 'step'")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                steps, values = scalars.setdefault(key, ([], []))
+                steps.append(int(record["step"]))
+                values.append(float(value))
+    return scalars
+
+
+def _tfrecords(path: Path):
+    """Payloads of a TFRecord file: [len u64][crc u32][data][crc u32] repeated (CRCs not checked)."""
+    data = path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        start = pos + 12
+        if start + length + 4 > len(data):
+            break  # a record still being written
+        yield data[start:start + length]
+        pos = start + length + 4
+
+
+def _read_events(paths: Sequence[Path]) -> Scalars:
+    from tensorboardX.proto import event_pb2
+
+    scalars: Scalars = {}
+    for path in paths:
+        for payload in _tfrecords(path):
+            event = event_pb2.Event.FromString(payload)
+            for value in event.summary.value:
+                if value.WhichOneof("value") == "simple_value":
+                    number = value.simple_value
+                elif value.HasField("tensor") and len(value.tensor.float_val) == 1:
+                    number = value.tensor.float_val[0]
+                else:
+                    continue
+                steps, values = scalars.setdefault(value.tag, ([], []))
+                steps.append(int(event.step))
+                values.append(float(number))
+    return scalars
+
+
+def read_scalars(run_dir: PathLike) -> Scalars:
+    """{key: (steps, values)} from `<run>/metrics.jsonl`, else from `<run>/events.out.tfevents.*`."""
+    run_dir = Path(run_dir)
+    jsonl = run_dir / "metrics.jsonl"
+    if jsonl.is_file():
+        return _read_jsonl(jsonl)
+    events = sorted(run_dir.glob("events.out.tfevents.*"))
+    if events:
+        return _read_events(events)
+    raise DataError(f"{run_dir}: no metrics.jsonl and no events.out.tfevents.* file to draw training curves from")
+
+
+def training_curves(run_dir: PathLike, path: PathLike, keys: Optional[Sequence[str]] = None) -> Path:
+    """Plot training scalars: one panel per key prefix ("loss", "val", "lr", ...).
+
+    keys: which scalars to draw (default: all of them).
+    """
+    scalars = read_scalars(run_dir)
+    chosen = [k for k in (keys if keys is not None else sorted(scalars)) if k in scalars]
+    if not chosen:
+        raise DataError(f"{run_dir}: none of the scalars {list(keys or [])} were logged; have: {sorted(scalars)}")
+    panels: Dict[str, List[str]] = {}
+    for key in chosen:
+        panels.setdefault(key.split("/")[0], []).append(key)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (prefix, names) in zip(axes[0], panels.items()):
+        for key in names:
+            steps, values = scalars[key]
+            ax.plot(steps, [v if math.isfinite(v) else np.nan for v in values], label=key, linewidth=1)
+        ax.set_title(prefix)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,161 @@
+"""Paper-style tables from evaluated run directories.
+
+For each run directory `build_table` reads exactly two files:
+
+- `<run>/config.yaml` (the resolved config the trainer saved; loaded with `load_config`);
+- `<run>/metrics/<split>/summary.json` (written by `write_reports`; its "mean" row is used).
+
+Runs whose configs are equal once the keys in `IGNORED_KEYS` (the run's name, where it is
+written, its seed and the device/worker placement) are dropped form one group and one row,
+shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
+shows the plain value.  The row label is built from the config: method, networks, labeled data.
+With `compare="paper"` each of our rows is followed by every matching published row from
+`ssl_mamba.paper_tables` (matched on dataset, method, sorted networks and labeled cases).
+"""
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..config import ExperimentConfig, load_config, to_dict
+from ..errors import DataError, UserError
+from ..paper_tables import find_paper_rows
+from .case import METRIC_NAMES
+
+IGNORED_KEYS = ("name", "output_dir", "train.seed", "train.device", "data.num_workers")
+HEADER = ("Method", "Source", "n", "Dice", "IoU", "Acc", "Pre", "Sen", "Spe", "HD95", "ASD")
+FORMATS = ("markdown", "latex", "csv")
+
+
+def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "options":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _read_run(run_dir: Path, split: str) -> Tuple[ExperimentConfig, Dict[str, Optional[float]]]:
+    config_path = run_dir / "config.yaml"
+    summary_path = run_dir / "metrics" / split / "summary.json"
+    if not config_path.is_file():
+        raise DataError(f"{run_dir} is not a run directory: {config_path.name} is missing")
+    if not summary_path.is_file():
+        raise DataError(f"{summary_path} not found: evaluate the run first (ssl-mamba evaluate --run {run_dir})")
+    try:
+        mean = json.loads(summary_path.read_text())["mean"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{summary_path}: not a summary written by ssl-mamba (no 'mean' object)") from None
+    return load_config(config_path), mean
+
+
+def _group_key(cfg: ExperimentConfig) -> str:
+    flat = _flatten(to_dict(cfg))
+    return json.dumps({k: v for k, v in flat.items() if k not in IGNORED_KEYS}, sort_keys=True, default=str)
+
+
+def row_label(cfg: ExperimentConfig) -> str:
+    """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'."""
+    d = cfg.data
+    if d.labeled_cases is not None:
+        labeled = f"{d.labeled_cases} labeled cases"
+    elif d.labeled_slices is not None:
+        labeled = f"{d.labeled_slices} labeled slices"
+    elif d.labeled_fraction is not None:
+        labeled = f"{d.labeled_fraction:.0%} labeled"
+    else:
+        labeled = "all labeled"
+    return f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled}"
+
+
+def _mean_std(values: List[float]) -> Tuple[float, Optional[float]]:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return float("nan"), None
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
+def _cell(mean: float, std: Optional[float], fmt: str) -> str:
+    if math.isnan(mean):
+        return "–"
+    if std is None:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} $\\pm$ {std:.4f}" if fmt == "latex" else f"{mean:.4f} ± {std:.4f}"
+
+
+def _disambiguate(groups: List[Dict[str, Any]]) -> None:
+    """Groups with the same label get the config values that tell them apart appended."""
+    by_label: Dict[str, List[Dict[str, Any]]] = {}
+    for group in groups:
+        by_label.setdefault(group["label"], []).append(group)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        flats = [json.loads(g["key"]) for g in same]
+        differing = sorted(k for k in set().union(*flats) if len({json.dumps(f.get(k), default=str) for f in flats}) > 1)
+        for group, flat in zip(same, flats):
+            group["label"] += " [" + ", ".join(f"{k}={flat.get(k)}" for k in differing) + "]"
+
+
+def _collect(run_dirs: Sequence[Path], split: str) -> List[Dict[str, Any]]:
+    groups: Dict[str, Dict[str, Any]] = {}
+    for run_dir in run_dirs:
+        cfg, mean = _read_run(Path(run_dir), split)
+        key = _group_key(cfg)
+        group = groups.setdefault(key, {"key": key, "cfg": cfg, "label": row_label(cfg), "means": []})
+        group["means"].append(mean)
+    ordered = list(groups.values())
+    _disambiguate(ordered)
+    return ordered
+
+
+def _our_row(group: Dict[str, Any], fmt: str) -> List[str]:
+    cells = [_cell(*_mean_std([m.get(k) for m in group["means"]]), fmt) for k in METRIC_NAMES]
+    return [group["label"], "ours", str(len(group["means"]))] + cells
+
+
+def _paper_rows(cfg: ExperimentConfig) -> List[List[str]]:
+    rows = find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
+    return [[f"  {r.label}", r.table, "", *[f"{r.metrics[k]:.4f}" if k in r.metrics else "–" for k in METRIC_NAMES]]
+            for r in rows]
+
+
+def _render(rows: List[List[str]], fmt: str) -> str:
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    if fmt == "latex":
+        esc = [[c.replace("_", "\\_").replace("%", "\\%").replace("–", "--") for c in r] for r in rows]
+        lines = ["\\begin{tabular}{ll" + "r" * (len(HEADER) - 2) + "}", "\\hline",
+                 " & ".join(HEADER) + " \\\\", "\\hline"]
+        lines += [" & ".join(r) + " \\\\" for r in esc]
+        return "\n".join(lines + ["\\hline", "\\end{tabular}"])
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def build_table(run_dirs: Sequence[Path], fmt: str = "markdown", compare: Optional[str] = None,
+                split: str = "test") -> str:
+    """One row per configuration (seeds pooled), in the order first seen; see the module docstring."""
+    if fmt not in FORMATS:
+        raise UserError(f"table format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if compare not in (None, "paper"):
+        raise UserError(f"--compare {compare!r}: only 'paper' is supported")
+    if not run_dirs:
+        raise UserError("build_table needs at least one run directory")
+    rows: List[List[str]] = []
+    for group in _collect(run_dirs, split):
+        rows.append(_our_row(group, fmt))
+        if compare == "paper":
+            rows.extend(_paper_rows(group["cfg"]))
+    return _render(rows, fmt)
