@@ -1,0 +1,147 @@
+"""Correctness of the fused Triton SS2D core (ssl_mamba/ops/triton_ss2d.py) on the CPU.
+
+The kernels run under Triton's interpreter (TRITON_INTERPRET=1), which must be set before triton
+is first imported; other tests may already have imported it in this pytest process, so the checks
+run in a fresh Python subprocess that prints its relative errors as JSON.  The oracle is an
+independent float64 loop over the four scan orders (reference-original.md section 1.4); it is
+also checked against the package's torch reference `ssl_mamba.ops.ss2d_scan`.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+    import torch.nn.functional as F
+    from ssl_mamba.ops import ss2d_scan
+    from ssl_mamba.ops.triton_ss2d import ss2d_scan_triton, set_block_config
+    from ssl_mamba.errors import UserError
+
+    def oracle(x, xpw, dtw, dtb, A_logs, Ds):
+        b, h, w, d = x.shape
+        n, r, L = A_logs.shape[1], dtw.shape[2], h * w
+        idx = torch.arange(L).view(h, w)
+        orders = [idx.reshape(-1), idx.t().reshape(-1)]
+        orders += [o.flip(0) for o in orders]
+        xf = x.reshape(b, L, d)
+        A = -torch.exp(A_logs).view(4, d, n)
+        y = torch.zeros(b, L, d, dtype=x.dtype)
+        for k, order in enumerate(orders):
+            u = xf[:, order]
+            dbl = u @ xpw[k].t()
+            Bm, Cm = dbl[..., r:r + n], dbl[..., r + n:]
+            delta = F.softplus(dbl[..., :r] @ dtw[k].t() + dtb[k])
+            st = torch.zeros(b, d, n, dtype=x.dtype)
+            outs = []
+            for t in range(L):
+                st = torch.exp(delta[:, t, :, None] * A[k]) * st + (delta[:, t] * u[:, t])[:, :, None] * Bm[:, t, None, :]
+                outs.append((st * Cm[:, t, None, :]).sum(-1) + Ds.view(4, d)[k] * u[:, t])
+            y[:, order] += torch.stack(outs, 1)
+        return y.view(b, h, w, d)
+
+    def inputs(b, h, w, d, n, r, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(b, h, w, d, generator=g, dtype=torch.float64)
+        xpw = (torch.rand(4, r + 2 * n, d, generator=g, dtype=torch.float64) * 2 - 1) / d ** 0.5
+        dtw = (torch.rand(4, d, r, generator=g, dtype=torch.float64) * 2 - 1) / r ** 0.5
+        dt = torch.exp(torch.rand(4, d, generator=g, dtype=torch.float64) * 4.6 - 6.9)
+        dtb = dt + torch.log(-torch.expm1(-dt))
+        A_logs = torch.log(torch.arange(1, n + 1, dtype=torch.float64)).repeat(4 * d, 1)
+        A_logs = A_logs + 0.1 * torch.randn(4 * d, n, generator=g, dtype=torch.float64)
+        Ds = 1 + 0.1 * torch.randn(4 * d, generator=g, dtype=torch.float64)
+        gy = torch.randn(b, h, w, d, generator=g, dtype=torch.float64)
+        return [x, xpw, dtw, dtb, A_logs, Ds], gy
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    NAMES = ["y", "x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"]
+
+    def errors(fn, ins, gy, dtype):
+        if dtype == torch.bfloat16:
+            ins = [t.to(dtype).double() for t in ins]  # the oracle sees the same rounded values
+        ref_in = [t.clone().requires_grad_() for t in ins]
+        yref = oracle(*ref_in)
+        grefs = torch.autograd.grad(yref, ref_in, gy)
+        tin = [t.to(dtype).clone().requires_grad_() for t in ins]
+        y = fn(*tin)
+        assert y.dtype == dtype and y.shape == yref.shape
+        gs = torch.autograd.grad(y, tin, gy.to(dtype))
+        assert all(g.dtype == dtype for g in gs)
+        return dict(zip(NAMES, [rel(y, yref)] + [rel(g, r) for g, r in zip(gs, grefs)]))
+
+    out = {}
+    set_block_config(block_t=8, block_d=8)
+    # odd sizes: batch 1, H != W, L = 15 not a multiple of BLOCK_T, D not a multiple of BLOCK_D, N = 4
+    ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
+    out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
+    out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
+    # several chunks, d_state 16, batch 2, W > H
+    set_block_config(block_t=4, block_d=16)
+    ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
+    out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
+    out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
+    try:
+        ss2d_scan_triton(*[t.float() for t in ins[:1]], ins[1][:, :, :-1].float(), *[t.float() for t in ins[2:]])
+        out["bad_shape"] = "no error"
+    except UserError as exc:
+        out["bad_shape"] = str(exc)
+    print("RESULT " + json.dumps(out))
+''')
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    script = tmp_path_factory.mktemp("triton") / "check_ss2d.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, f"check script failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(line[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("case", ["fp32_odd", "fp32_chunks"])
+def test_fp32_output_and_every_gradient_match_float64_oracle(results, case):
+    errs = results[case]
+    assert set(errs) == {"y", "x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"}
+    bad = {k: v for k, v in errs.items() if not v <= 1e-5}
+    assert not bad, f"{case}: relative errors above 1e-5: {bad}"
+
+
+def test_bf16_output_and_every_gradient_within_1e2(results):
+    bad = {k: v for k, v in results["bf16"].items() if not v <= 1e-2}
+    assert not bad, f"bf16 relative errors above 1e-2: {bad}"
+
+
+def test_oracle_agrees_with_package_torch_reference(results):
+    # The package's torch backend computes in fp32; it must match the same float64 oracle.
+    bad = {k: v for k, v in results["torch_ref_odd"].items() if not v <= 1e-5}
+    assert not bad, f"torch reference disagrees with the oracle: {bad}"
+
+
+def test_bad_weight_shape_raises_clear_error(results):
+    msg = results["bad_shape"]
+    assert "x_proj_weight" in msg and "expected" in msg, msg
+
+
+def test_cpu_tensor_without_interpreter_raises_user_error():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter enabled in this process")
+    from ssl_mamba.errors import UserError
+    from ssl_mamba.ops.triton_ss2d import ss2d_scan_triton
+    d, n, r = 8, 4, 2
+    args = (torch.randn(1, 2, 2, d), torch.randn(4, r + 2 * n, d), torch.randn(4, d, r),
+            torch.randn(4, d), torch.randn(4 * d, n), torch.randn(4 * d))
+    with pytest.raises(UserError, match="CUDA"):
+        ss2d_scan_triton(*args)
