@@ -1,0 +1,341 @@
+"""GPU benchmark of the SS2D scan backends and the Mamba-UNet training step (one device call).
+
+Run on the GPU machine from the repository root:
+    python3 benchmarks/bench_gpu.py --out $OUT --commit <sha>
+Phases (each recorded in the JSON even when a later one fails):
+  1. build mamba-ssm's selective_scan_cuda (sm_90 only) from the sdist in .sdist/ (background thread);
+  2. device copy bandwidth; correctness of the Triton op vs the torch reference on the GPU;
+  3. the scan op alone at Mamba-UNet's first stage (B=24, 56x56, D=192, N=16): Triton tile sweep,
+     fp32 / bf16, and the baseline (cross-scan copies + mamba-ssm fp32 kernel + merge);
+  4. Mamba-UNet train step (CE + Dice, SGD momentum) at batch 24 and 16, and inference img/s, for
+     the baseline, ours fp32, ours bf16 autocast and the torch reference scan.
+Prints a table last and writes gpu-<date>.json under --out.
+"""
+import argparse
+import datetime
+import glob
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ssl_mamba.ops import cross_merge, cross_scan, ss2d_scan  # noqa: E402
+from ssl_mamba.ops import triton_ss2d  # noqa: E402
+from ssl_mamba.ops.triton_ss2d import set_block_config, ss2d_scan_triton  # noqa: E402
+
+RESULTS = {}
+_BUILD = {}
+
+
+def save(out_dir: Path) -> None:
+    """Write what has been measured so far (each phase calls this)."""
+    name = f"gpu-{datetime.date.today().isoformat()}.json"
+    (out_dir / name).write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+def build_mamba_ssm() -> None:
+    """Compile mamba-ssm's selective_scan_cuda for sm_90 and make its Python interface importable."""
+    t0 = time.time()
+    try:
+        from torch.utils.cpp_extension import load
+        src = Path(glob.glob(str(REPO / ".sdist" / "mamba_ssm-*"))[0])
+        csrc = src / "csrc" / "selective_scan"
+        build_dir = Path("/tmp/ssm_build")
+        build_dir.mkdir(exist_ok=True)
+        os.environ.setdefault("MAX_JOBS", "16")
+        mod = load(name="selective_scan_cuda",
+                   sources=[str(csrc / "selective_scan.cpp")] + sorted(str(p) for p in csrc.glob("*.cu")),
+                   extra_cflags=["-O3", "-std=c++17"],
+                   extra_cuda_cflags=["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__",
+                                      "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+                                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+                                      "-U__CUDA_NO_BFLOAT162_CONVERSIONS__", "--expt-relaxed-constexpr",
+                                      "--expt-extended-lambda", "--use_fast_math", "-lineinfo",
+                                      "-gencode", "arch=compute_90,code=sm_90"],
+                   build_directory=str(build_dir), verbose=False)
+        sys.modules["selective_scan_cuda"] = mod
+        pkg = types.ModuleType("mamba_ssm")  # skip the package __init__ (it imports every model)
+        pkg.__path__ = [str(src / "mamba_ssm")]
+        sys.modules["mamba_ssm"] = pkg
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        _BUILD["fn"] = selective_scan_fn
+        _BUILD["seconds"] = round(time.time() - t0, 1)
+    except Exception as exc:  # recorded, the rest of the benchmark goes on
+        _BUILD["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        _BUILD["trace"] = traceback.format_exc()[-3000:]
+
+
+def baseline_ss2d(x, xpw, dtw, dtb, A_logs, Ds):
+    """The original forward_corev0: four fp32 copies, mamba-ssm's kernel, merge."""
+    b, h, w, d = x.shape
+    k, n, r = 4, A_logs.shape[1], dtw.shape[2]
+    xs = cross_scan(x.permute(0, 3, 1, 2))  # (B, 4, D, L)
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, xpw)
+    dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, dtw)
+    ys = _BUILD["fn"](xs.float().reshape(b, -1, h * w), dts.contiguous().float().reshape(b, -1, h * w),
+                      -torch.exp(A_logs.float()), Bs.float().contiguous(), Cs.float().contiguous(), Ds.float(),
+                      z=None, delta_bias=dtb.float().reshape(-1), delta_softplus=True).view(b, k, d, h * w)
+    return cross_merge(ys, h, w).view(b, d, h, w).permute(0, 2, 3, 1)
+
+
+SCANS = {
+    "torch": lambda *a: ss2d_scan(*a, backend="torch"),
+    "mamba_ssm": baseline_ss2d,
+    "triton": ss2d_scan_triton,
+}
+
+
+def cuda_time(fn, warmup: int = 5, iters: int = 20) -> list:
+    """Per-call milliseconds (CUDA events), after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return times
+
+
+def median(xs: list) -> float:
+    return float(sorted(xs)[len(xs) // 2])
+
+
+def scan_inputs(b, h, w, d, n, r, dtype=torch.float32, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dev = dict(device="cuda", dtype=torch.float32)
+    x = F.silu(torch.randn(b, h, w, d, generator=g, **dev)).to(dtype)
+    xpw = (torch.rand(4, r + 2 * n, d, generator=g, **dev) * 2 - 1) / d ** 0.5
+    dtw = (torch.rand(4, d, r, generator=g, **dev) * 2 - 1) / r ** 0.5
+    dt = torch.exp(torch.rand(4, d, generator=g, **dev) * 4.6 - 6.9)
+    dtb = dt + torch.log(-torch.expm1(-dt))
+    A_logs = torch.log(torch.arange(1, n + 1, **dev)).repeat(4 * d, 1)
+    Ds = torch.ones(4 * d, **dev)
+    return [x, xpw, dtw, dtb, A_logs, Ds]
+
+
+def rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def check_correctness() -> dict:
+    """Ours vs the torch reference (fp32) at an odd size, output and every gradient."""
+    out = {}
+    ins = scan_inputs(2, 12, 20, 64, 16, 4, seed=1)
+    gy = torch.randn(2, 12, 20, 64, device="cuda")
+    ref_in = [t.clone().requires_grad_() for t in ins]
+    yref = SCANS["torch"](*ref_in)
+    gref = torch.autograd.grad(yref, ref_in, gy)
+    names = ["y", "x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"]
+    for dtype in (torch.float32, torch.bfloat16):
+        tin = [t.clone().requires_grad_() for t in ins]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = ss2d_scan_triton(tin[0].to(dtype), *tin[1:])
+        g = torch.autograd.grad(y, tin, gy.to(y.dtype))
+        errs = [rel(y, yref)] + [rel(a, b) for a, b in zip(g, gref)]
+        out[str(dtype).split(".")[-1]] = {k: v for k, v in zip(names, errs)}
+        out[str(dtype).split(".")[-1] + "_nan"] = bool(torch.isnan(y).any() or any(torch.isnan(t).any() for t in g))
+    return out
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, GB/s counting bytes read plus written."""
+    a = torch.empty(2 * 1024 ** 3 // 4, device="cuda")
+    a.uniform_()
+    b = torch.empty_like(a)
+    ms = median(cuda_time(lambda: b.copy_(a), 3, 10))
+    return 2 * a.numel() * 4 / ms / 1e6
+
+
+def op_bench(backend: str, dtype, ins, gy) -> dict:
+    """Forward and forward+backward ms of one SS2D scan backend."""
+    x = ins[0].to(dtype).detach().requires_grad_()
+    params = [p.detach().requires_grad_() for p in ins[1:]]
+    fn = SCANS[backend]
+
+    def fwd():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            fn(x, *params)
+
+    def fwd_bwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = fn(x, *params)
+        y.backward(gy.to(y.dtype))
+
+    return {"fwd_ms": median(cuda_time(fwd, 3, 20)), "fwd_bwd_ms": median(cuda_time(fwd_bwd, 3, 20))}
+
+
+def op_floor_bytes(b, h, w, d, n, r, elt: int) -> int:
+    """Fewest bytes the fused forward must move: x, dt (4D per position), B/C/dt_raw, y."""
+    pos = b * h * w
+    return pos * (d * elt + 4 * d * elt + 4 * (r + 2 * n) * elt + d * elt)
+
+
+def sweep_tiles(ins, gy) -> dict:
+    """Try a few (BLOCK_T, BLOCK_D, warps) tiles for ours fp32; keep the fastest fwd+bwd."""
+    res = {}
+    for bt, bd, fw, bw in [(32, 16, 4, 4), (16, 16, 4, 4), (64, 16, 4, 8), (32, 32, 4, 8), (16, 32, 4, 4),
+                           (32, 8, 2, 4), (64, 8, 4, 4)]:
+        set_block_config(bt, bd, fw, bw)
+        key = f"t{bt}_d{bd}_w{fw}{bw}"
+        try:
+            res[key] = op_bench("triton", torch.float32, ins, gy)
+        except Exception as exc:
+            res[key] = {"error": str(exc)[:300]}
+    ok = {k: v for k, v in res.items() if "fwd_bwd_ms" in v}
+    best = min(ok, key=lambda k: ok[k]["fwd_bwd_ms"])
+    bt, bd, w = best[1:].split("_")
+    set_block_config(int(bt), int(bd[1:]), int(w[1]), int(w[2:]))
+    res["best"] = best
+    return res
+
+
+def dice_ce(logits, label, k=4):
+    """0.5 (CE + soft Dice) as in SSL4MIS supervised training."""
+    ce = F.cross_entropy(logits, label)
+    p = logits.softmax(1)
+    oh = F.one_hot(label, k).permute(0, 3, 1, 2).to(p.dtype)
+    inter = (p * oh).sum((0, 2, 3))
+    dice = 1 - (2 * inter + 1e-5) / (p.pow(2).sum((0, 2, 3)) + oh.sum((0, 2, 3)) + 1e-5)
+    return 0.5 * (ce + dice.mean())
+
+
+def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20) -> dict:
+    """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet."""
+    import ssl_mamba.layers.ss2d as ss2d_mod
+    from ssl_mamba.models import create_model
+    scan = SCANS[backend]
+    ss2d_mod.ss2d_scan = lambda *a, backend=None: scan(*a)
+    torch.manual_seed(0)
+    net = create_model("mamba_unet", num_classes=4).cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    img = torch.randn(batch, 1, 224, 224, device="cuda")
+    lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = dice_ce(net(img).float(), lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    warm = 5 if iters >= 10 else 1
+    times = cuda_time(step, warm, iters)
+    loss = float(step())
+    peak = torch.cuda.max_memory_allocated() / 1024 ** 3
+    net.eval()
+
+    def infer():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            net(img)
+
+    inf_ms = median(cuda_time(infer, warm, max(iters // 2, 3)))
+    ms = median(times)
+    del net, opt
+    torch.cuda.empty_cache()
+    return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak,
+            "infer_img_s": batch * 1000 / inf_ms, "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
+
+
+def phase(key: str, fn, out_dir: Path):
+    t0 = time.time()
+    try:
+        RESULTS[key] = fn()
+    except Exception as exc:
+        RESULTS[key] = {"error": f"{type(exc).__name__}: {exc}"[:1500]}
+        torch.cuda.empty_cache()
+    print(f"[{time.time() - t0:6.1f}s] {key}: {json.dumps(RESULTS[key], default=str)[:400]}", flush=True)
+    save(out_dir)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--skip-torch-ref", action="store_true")
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    builder = threading.Thread(target=build_mamba_ssm, daemon=True)
+    builder.start()
+    import triton
+    RESULTS["card"] = torch.cuda.get_device_name()
+    RESULTS["commit"] = args.commit
+    RESULTS["date"] = datetime.date.today().isoformat()
+    RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
+    phase("correctness", check_correctness, out_dir)
+    shape = (24, 56, 56, 192, 16, 6)
+    ins = scan_inputs(*shape)
+    gy = torch.randn(*shape[:4], device="cuda")
+    phase("tile_sweep_fp32", lambda: sweep_tiles(ins, gy), out_dir)
+    RESULTS["tile_config"] = dict(triton_ss2d._CONFIG)
+    phase("op_triton_fp32", lambda: op_bench("triton", torch.float32, ins, gy), out_dir)
+    phase("op_triton_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir)
+    builder.join()
+    RESULTS["mamba_ssm_build"] = {k: v for k, v in _BUILD.items() if k != "fn"}
+    print("build:", RESULTS["mamba_ssm_build"], flush=True)
+    phase("copy_gbps", copy_bandwidth, out_dir)
+    phase("op_mamba_ssm_fp32", lambda: op_bench("mamba_ssm", torch.float32, ins, gy), out_dir)
+    del ins, gy
+    torch.cuda.empty_cache()
+    for batch in (24, 16):
+        phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir)
+        phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir)
+        phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir)
+    if not args.skip_torch_ref:
+        phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir)
+    summarize(shape, out_dir)
+
+
+def summarize(shape, out_dir: Path) -> None:
+    """Headline numbers, ratios to the baseline, and the table printed last."""
+    r = RESULTS
+    get = lambda key, f: r.get(key, {}).get(f) if isinstance(r.get(key), dict) else None  # noqa: E731
+    r["baseline_img_s"] = get("model_b24_baseline_fp32", "train_img_s")
+    r["ours_fp32_img_s"] = get("model_b24_ours_fp32", "train_img_s")
+    r["ours_bf16_img_s"] = get("model_b24_ours_bf16", "train_img_s")
+    r["baseline_peak_gib"] = get("model_b24_baseline_fp32", "peak_gib")
+    r["ours_bf16_peak_gib"] = get("model_b24_ours_bf16", "peak_gib")
+    for elt, key in ((4, "op_triton_fp32"), (2, "op_triton_bf16")):
+        if get(key, "fwd_ms"):
+            r[key]["fwd_floor_gb"] = op_floor_bytes(*shape, elt) / 1e9
+            r[key]["fwd_gbps"] = op_floor_bytes(*shape, elt) / get(key, "fwd_ms") / 1e6
+    save(out_dir)
+    print(f"\ncard {r['card']}  commit {r['commit']}  copy {r.get('copy_gbps')} GB/s  tiles {r.get('tile_config')}")
+    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'infer img/s':>11s} {'x base':>7s}")
+    for batch in (24, 16):
+        base = r.get(f"model_b{batch}_baseline_fp32", {})
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "torchref_fp32"):
+            m = r.get(f"model_b{batch}_{v}")
+            if not isinstance(m, dict) or "train_ms" not in m:
+                if m is not None:
+                    print(f"b{batch} {v:30s} {str(m)[:80]}")
+                continue
+            tr = m["train_img_s"] / base["train_img_s"] if "train_img_s" in base else float("nan")
+            ir = m["infer_img_s"] / base["infer_img_s"] if "infer_img_s" in base else float("nan")
+            print(f"b{batch} {v:30s} {m['train_ms']:9.1f} {m['train_img_s']:8.1f} {tr:7.2f} {m['peak_gib']:9.2f} "
+                  f"{m['infer_img_s']:11.1f} {ir:7.2f}")
+    for key in ("op_triton_fp32", "op_triton_bf16", "op_mamba_ssm_fp32"):
+        print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
+    print("correctness", json.dumps(r.get("correctness"))[:600])
+
+
+if __name__ == "__main__":
+    main()
