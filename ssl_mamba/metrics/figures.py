@@ -106,21 +106,26 @@ def overlay_figure(net: Any, source: Any, names: Sequence[str], cfg: Any, path: 
 
 
 def _read_jsonl(path: Path) -> Scalars:
+    """Non-finite values (written as null) become NaN; an unfinished last line (a killed run) is skipped."""
     scalars: Scalars = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if number == len(lines):
+                break
             raise DataError(f"{path}: line {number} is not JSON") from None
         if not isinstance(record, dict) or "step" not in record:
             raise DataError(f"{path}: line {number} has no 'step'")
         for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                steps, values = scalars.setdefault(key, ([], []))
-                steps.append(int(record["step"]))
-                values.append(float(value))
+            if key == "step" or isinstance(value, (bool, str, list, dict)):
+                continue
+            steps, values = scalars.setdefault(key, ([], []))
+            steps.append(int(record["step"]))
+            values.append(float("nan") if value is None else float(value))
     return scalars
 
 

@@ -1,0 +1,186 @@
+"""Reports on disk, the paper-style table over run directories, and PNG figures."""
+import csv
+import json
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+
+from ssl_mamba.config import ExperimentConfig, save_config  # noqa: E402
+from ssl_mamba.errors import DataError  # noqa: E402
+from ssl_mamba.metrics import METRIC_NAMES, paper_row, summarize, write_reports  # noqa: E402
+from ssl_mamba.metrics import figures  # noqa: E402
+from ssl_mamba.metrics.table import build_table  # noqa: E402
+from ssl_mamba.paper_tables import PAPER_ROWS, find_paper_rows  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_result(dice_a=0.8, dice_b=0.6):
+    rows = []
+    for case, dice in (("case_a", dice_a), ("case_b", dice_b)):
+        for c in (1, 2):
+            row = {m: 0.5 for m in METRIC_NAMES}
+            row.update(case=case, **{"class": c}, dice=dice + 0.1 * c, hd95=float(c))
+            rows.append(row)
+    return summarize(rows, 3, slice_values=[0.1, 0.5, 0.9, 0.95], settings={"empty_policy": "original"})
+
+
+def test_write_reports_files(tmp_path):
+    result = make_result()
+    write_reports(result, tmp_path, extra={"network": "net1"})
+    with open(tmp_path / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[0]["case"] == "case_a" and float(rows[0]["dice"]) == pytest.approx(0.9)
+    with open(tmp_path / "per_class.csv") as f:
+        classes = list(csv.DictReader(f))
+    assert [r["class"] for r in classes] == ["1", "2", "mean"]
+    assert float(classes[0]["dice"]) == pytest.approx(0.8)  # (0.9 + 0.7) / 2
+    assert float(classes[2]["hd95"]) == pytest.approx(1.5)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mean_dice"] == pytest.approx(0.85)  # classes: (0.9 + 0.7) / 2 and (1.0 + 0.8) / 2
+    assert summary["network"] == "net1" and summary["num_cases"] == 2 and len(summary["slice_dice"]) == 4
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_paper_row_format_and_nan():
+    result = make_result()
+    assert paper_row(result.summary) == "0.8500 0.5000 0.5000 0.5000 0.5000 0.5000 1.5000 0.5000"
+    rows = [dict(r, hd95=math.nan) for r in result.per_case]
+    nan_result = summarize(rows, 3)
+    assert paper_row(nan_result.summary).split()[6] == "nan"
+
+
+def make_run(root, name, seed, dice, method="cross_teaching", networks=("unet", "mamba_unet"), labeled=3, lr=0.01):
+    cfg = ExperimentConfig(name=name)
+    cfg.train.seed = seed
+    cfg.train.lr = lr
+    cfg.method.name = method
+    cfg.model.networks = list(networks)
+    cfg.data.labeled_cases = labeled
+    run = root / name
+    save_config(cfg, run / "config.yaml")
+    write_reports(make_result(dice, dice), run / "metrics" / "test")
+    return run
+
+
+def test_table_groups_seeds_into_mean_and_std(tmp_path):
+    runs = [make_run(tmp_path, "smu_s1", 1, 0.70), make_run(tmp_path, "smu_s2", 2, 0.80),
+            make_run(tmp_path, "mt", 1, 0.60, method="mean_teacher", networks=("unet",), labeled=7)]
+    text = build_table(runs)
+    lines = text.splitlines()
+    assert len(lines) == 4  # header, rule, two groups
+    # seed runs: per-run mean Dice = dice + 0.15 -> 0.85 and 0.95: mean 0.9, sample std 0.0707
+    assert "cross_teaching (unet + mamba_unet), 3 labeled cases" in lines[2]
+    assert "| 2 | 0.9000 ± 0.0707 |" in lines[2]
+    assert "mean_teacher (unet), 7 labeled cases" in lines[3] and "| 1 | 0.7500 |" in lines[3]
+
+
+def test_table_compare_paper_and_formats(tmp_path):
+    runs = [make_run(tmp_path, "a", 1, 0.7), make_run(tmp_path, "b", 2, 0.8)]
+    text = build_table(runs, compare="paper")
+    paper_lines = [line for line in text.splitlines() if "P-SMU" in line]
+    assert len(paper_lines) == 2  # Table 2 row and the Table 6 ablation row
+    assert "0.8386" in paper_lines[0] and "6.2139" in paper_lines[0] and "–" in paper_lines[0]  # no IoU in P-SMU
+    latex = build_table(runs, fmt="latex", compare="paper")
+    assert latex.startswith("\\begin{tabular}") and "cross\\_teaching" in latex and "$\\pm$" in latex
+    rows = list(csv.reader(build_table(runs, fmt="csv").splitlines()))
+    assert rows[0][:3] == ["Method", "Source", "n"] and rows[1][2] == "2"
+
+
+def test_table_separates_configs_that_differ_beyond_seed(tmp_path):
+    runs = [make_run(tmp_path, "a", 1, 0.7, lr=0.01), make_run(tmp_path, "b", 1, 0.8, lr=0.001)]
+    lines = build_table(runs).splitlines()[2:]
+    assert len(lines) == 2 and "train.lr=0.01" in lines[0] and "train.lr=0.001" in lines[1]
+
+
+def test_table_missing_summary_is_a_clear_error(tmp_path):
+    run = make_run(tmp_path, "a", 1, 0.7)
+    (run / "metrics" / "test" / "summary.json").unlink()
+    with pytest.raises(DataError, match="summary.json"):
+        build_table([run])
+
+
+def test_paper_tables_hold_the_published_numbers():
+    assert len(PAPER_ROWS) == 48
+    mu = find_paper_rows("acdc", "supervised", ["mamba_unet"], None)
+    assert len(mu) == 1 and mu[0].metrics["dice"] == 0.9281 and mu[0].metrics["asd"] == 0.7677
+    cps = find_paper_rows("acdc", "cps", ["unet", "unet"], 7)
+    assert cps[0].metrics["hd95"] == 7.8319 and "iou" not in cps[0].metrics
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.shape[1] > 50
+    assert pixels[..., :3].std() > 0.01  # something was drawn
+
+
+def test_dice_histogram_and_overlays(tmp_path):
+    result = make_result()
+    assert_png(figures.dice_histogram(result, tmp_path / "hist.png"))
+    label = np.zeros((16, 16), np.uint8)
+    label[4:12, 4:12] = 1
+    label[6:10, 6:10] = 3
+    image = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    assert_png(figures.overlay_panels([(image, label, np.roll(label, 2, axis=1))], tmp_path / "ov.png"))
+    rgba = figures.label_rgba(label)
+    assert rgba[0, 0, 3] == 0 and tuple(rgba[5, 5, :3]) == figures.CLASS_COLOURS[1]
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_overlay_figure_runs_inference(tmp_path):
+    class Source:
+        def read_volume(self, name):
+            label = np.zeros((3, 20, 18), np.uint8)
+            label[1, 5:15, 5:12] = 2
+            return label.astype(np.float32) / 3, label
+
+    cfg = ExperimentConfig()
+    cfg.data.patch_size = [16, 16]
+    torch.manual_seed(0)
+    assert_png(figures.overlay_figure(TinyNet(), Source(), ["v1", "v2"], cfg, tmp_path / "ov.png"))
+
+
+def test_training_curves_from_jsonl(tmp_path):
+    lines = [json.dumps({"step": s, "loss/total": 1.0 / s, "lr/seg": 0.01, "val/net1/dice": None if s == 2 else s / 4})
+             for s in (1, 2, 3, 4)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 5, "loss/to')  # last line cut off
+    scalars = figures.read_scalars(tmp_path)
+    assert scalars["loss/total"][0] == [1, 2, 3, 4]
+    assert math.isnan(scalars["val/net1/dice"][1][1])
+    assert_png(figures.training_curves(tmp_path, tmp_path / "curves.png"))
+
+
+def test_training_curves_from_tensorboard_events(tmp_path):
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(logdir=str(tmp_path))
+    for step in range(1, 6):
+        writer.add_scalar("loss/total", 1.0 / step, step)
+        writer.add_scalar("val/net1/dice", 0.1 * step, step)
+    writer.close()
+    scalars = figures.read_scalars(tmp_path)
+    assert scalars["loss/total"][0] == [1, 2, 3, 4, 5]
+    assert scalars["val/net1/dice"][1] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert_png(figures.training_curves(tmp_path, tmp_path / "curves.png", keys=["loss/total"]))
+
+
+def test_training_curves_without_logs_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="metrics.jsonl"):
+        figures.read_scalars(tmp_path)
