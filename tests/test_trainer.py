@@ -1,0 +1,297 @@
+"""The shared trainer: schedules, a tiny end-to-end run, non-finite losses, every registered method.
+
+The first part holds the helpers test_resume.py shares (tiny config, test methods, the data
+stand-ins); `python tests/test_trainer.py CONFIG RUN_DIR` trains one run (test_resume's child).
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssl_mamba.data
+import ssl_mamba.models
+from ssl_mamba.config import ExperimentConfig, from_dict, load_config, save_config, validate
+from ssl_mamba.data.batch import Batch
+from ssl_mamba.engine.ema import ema_update, make_teacher
+from ssl_mamba.engine.method import METHODS, Method, StepOutput
+from ssl_mamba.engine.schedules import LRSchedule
+from ssl_mamba.engine.step import TrainingDiverged
+from ssl_mamba.engine.trainer import Trainer
+from ssl_mamba.errors import ConfigError
+
+K = 4
+PATCH = 32
+
+# ---------------------------------------------------------------------------------------------
+# Test methods: a supervised one (with a NaN switch) and one with an EMA teacher (and a sleep
+# option so test_resume can kill it mid-run).
+
+
+@dataclass
+class ProbeOptions:
+    nan_at: int = -1  # 0-based iteration whose loss is NaN
+    sleep: float = 0.0  # seconds per iteration
+
+
+def _sup_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    n = batch.n_labeled
+    return F.cross_entropy(logits[:n], batch.labeled_label)
+
+
+if "_test_probe" not in METHODS:
+
+    @METHODS.register("_test_probe")
+    class ProbeMethod(Method):
+        """Supervised CE on the labeled rows; NaN loss at `nan_at`."""
+
+        name = "_test_probe"
+        num_networks = (1, 2)
+        Options = ProbeOptions
+        needs_unlabeled = False
+
+        def training_step(self, batch: Batch, step: int) -> StepOutput:
+            losses = [_sup_loss(net(batch.image), batch) for net in self.students().values()]
+            loss = sum(losses)
+            if step == self.options.nan_at:
+                loss = loss * float("nan")
+            return StepOutput(losses={"seg": loss}, logs={"loss/ce": float(loss.detach())},
+                              images={"train/image": batch.image[:2].clamp(0, 1)})
+
+    @METHODS.register("_test_teacher")
+    class TeacherProbe(Method):
+        """CE + MSE to an EMA teacher on the unlabeled rows (teacher in train mode: dropout)."""
+
+        name = "_test_teacher"
+        Options = ProbeOptions
+
+        def __init__(self, cfg, networks):
+            super().__init__(cfg, networks)
+            self.modules["ema1"] = make_teacher(self.modules["net1"])
+
+        def training_step(self, batch: Batch, step: int) -> StepOutput:
+            time.sleep(self.options.sleep)
+            noisy = batch.unlabeled_image + 0.1 * torch.randn_like(batch.unlabeled_image)
+            logits = self.modules["net1"](batch.image)
+            with torch.no_grad():
+                target = self.modules["ema1"](noisy).softmax(1)
+            cons = F.mse_loss(logits[batch.n_labeled:].softmax(1), target)
+            loss = _sup_loss(logits, batch) + 0.1 * cons
+            return StepOutput(losses={"seg": loss}, logs={"loss/consistency": float(cons.detach())})
+
+        def after_step(self, step: int) -> None:
+            ema_update(self.modules["ema1"], self.modules["net1"], step, 0.99)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and data helpers.
+
+
+def tiny_config(data_root: Path, method: str = "_test_probe", networks: Optional[List[str]] = None,
+                max_iterations: int = 4, val_every: int = 2, checkpoint_every: int = 2,
+                labeled_batch_size: Optional[int] = None, options: Optional[dict] = None,
+                **train) -> ExperimentConfig:
+    values = {
+        "name": "tiny",
+        "data": {"dataset": "phantom", "root": str(data_root), "num_classes": K, "patch_size": [PATCH, PATCH],
+                 "labeled_cases": 2, "num_workers": 0},
+        "model": {"networks": networks or ["test_unet"], "scan_backend": "torch"},
+        "method": {"name": method, "batch_size": 4, "labeled_batch_size": labeled_batch_size,
+                   "options": options or {}},
+        "train": {"max_iterations": max_iterations, "val_every": val_every, "checkpoint_every": checkpoint_every,
+                  "log_images_every": 2, "device": "cpu", "seed": 7, **train},
+    }
+    cfg = from_dict(ExperimentConfig, values, "test config")
+    validate(cfg, "test config")
+    return cfg
+
+
+def write_config(cfg: ExperimentConfig, path: Path) -> None:
+    save_config(cfg, path)
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def wait_for_checkpoint(path: Path, min_iteration: int, timeout: float, child) -> int:
+    """Poll `path` until it holds iteration >= min_iteration; returns that iteration."""
+    from ssl_mamba.engine.checkpoint import load_checkpoint
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise AssertionError(f"child exited early ({child.returncode}): {child.stderr.read().decode()[-2000:]}")
+        if path.is_file():
+            it = load_checkpoint(path)["iteration"]
+            if it >= min_iteration:
+                return it
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at iteration >= {min_iteration} within {timeout} s")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: tiny convs on a shared 2-core CI box are several times faster so,
+    and the resume test's child process (OMP_NUM_THREADS=1) then sums in the same order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A tiny phantom dataset in the ACDC layout, generated once per session."""
+    root = tmp_path_factory.mktemp("phantom")
+    ssl_mamba.data.generate_phantom(root, n_train_patients=4, n_val_patients=2, n_test_patients=1, seed=0)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules.
+
+
+def test_poly_schedule_matches_reference_values():
+    poly = LRSchedule("poly", 0.01, 10000, 0.9)
+    assert poly(0) == pytest.approx(0.01)
+    assert poly(5000) == pytest.approx(0.00535887, abs=1e-8)
+    assert poly(10000) == 0.0
+    assert poly(12000) == 0.0  # clamped past the end
+
+
+def test_cosine_and_constant_schedules():
+    cos = LRSchedule("cosine", 0.02, 100)
+    assert cos(0) == pytest.approx(0.02)
+    assert cos(50) == pytest.approx(0.01)
+    assert cos(25) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)))
+    assert cos(100) == pytest.approx(0.0, abs=1e-12)
+    assert LRSchedule("constant", 1e-4, 100)(73) == 1e-4
+    with pytest.raises(ConfigError, match="step"):
+        LRSchedule("step", 0.01, 100)
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end runs.
+
+RUN_FILES = ["config.yaml", "split.json", "train.log", "metrics.jsonl", "summary.json", "last.pt"]
+
+
+def _check_run_dir(run_dir: Path, cfg: ExperimentConfig, nets: List[str]) -> dict:
+    names = {p.name for p in run_dir.iterdir()}
+    for f in RUN_FILES + [f"best_{n}.pth" for n in nets]:
+        assert f in names, f"{f} missing from the run dir ({sorted(names)})"
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert load_config(run_dir / "config.yaml") == cfg
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, cfg.train.max_iterations + 1))
+    for n in nets:
+        val_steps = [r["step"] for r in rows if f"val/{n}/dice" in r]
+        assert val_steps == [2, 4], "validation every train.val_every iterations and at the end"
+    assert "iteration" in (run_dir / "train.log").read_text()
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("nets", [["test_unet"], ["test_unet", "test_unet"]])
+def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, nets):
+    cfg = tiny_config(phantom_root, networks=nets)
+    summary = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    on_disk = _check_run_dir(tmp_path / "run", cfg, [f"net{i + 1}" for i in range(len(nets))])
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["iterations"] == 4 and summary["images_per_s"] > 0
+    assert set(summary["best_val_dice"]) == {f"net{i + 1}" for i in range(len(nets))}
+    assert summary["torch_version"] == torch.__version__
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    # lr is set after each step: poly lr(i) for the next iteration.
+    assert rows[0]["lr/seg"] == pytest.approx(0.01 * (1 - 1 / 4) ** 0.9)
+    best = torch.load(tmp_path / "run" / "best_net1.pth", weights_only=True)
+    net = ssl_mamba.models.create_model(nets[0], num_classes=K)
+    net.load_state_dict(best)  # strict: the plain state_dict of the network
+    best_iter = summary["best_iteration"]["net1"]
+    logged = [r["val/net1/dice"] for r in rows if r["step"] == best_iter][0]
+    assert logged == pytest.approx(summary["best_val_dice"]["net1"])
+
+
+def test_nan_loss_stops_naming_iteration_and_keeps_checkpoint(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, options={"nan_at": 2}, max_iterations=4)
+    with pytest.raises(TrainingDiverged, match=r"iteration 3 .*loss/ce"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit()
+    from ssl_mamba.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2  # the last good one
+
+
+def test_nan_loss_skip_counts_and_continues(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, options={"nan_at": 2}, max_iterations=4, on_nonfinite="skip")
+    summary = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert summary["skipped_steps"] == 1 and summary["iterations"] == 4
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["train/skipped_steps"] for r in rows] == [0, 0, 1, 1]
+    assert rows[2]["loss/seg"] is None  # the NaN is logged as null, never as a number
+    assert "step skipped" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_bad_patch_size_fails_before_training(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root)
+    cfg.data.patch_size = [30, 30]
+    with pytest.raises(ConfigError, match=r"data.patch_size \[30, 30\]"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_semi_method_needs_labeled_batch_size(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, method="_test_teacher", labeled_batch_size=None)
+    with pytest.raises(ConfigError, match="labeled_batch_size"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_val_split_must_not_be_test(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root)
+    cfg.eval.val_split = "test"
+    with pytest.raises(ConfigError, match="val_split"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every method registered by `import methods`.
+
+
+def _registered_methods() -> List[str]:
+    import methods  # noqa: F401
+
+    return [m for m in METHODS.names() if not m.startswith("_test")]
+
+
+METHOD_SETUPS = {  # networks and options for tiny runs; default: one test_unet
+    "cross_teaching": (["test_unet", "test_mamba_unet"], {}),
+    "semi_mamba_unet": (["test_unet", "test_mamba_unet"], {}),
+    "cps": (["test_unet", "test_unet"], {}),
+    "adversarial": (["test_unet"], {"discriminator": "test_discriminator"}),
+}
+
+
+@pytest.mark.parametrize("method", _registered_methods())
+def test_every_registered_method_trains(tmp_path, phantom_root, method):
+    cls = METHODS.get(method)
+    nets, options = METHOD_SETUPS.get(method, (["test_unet"] * cls.num_networks[0], {}))
+    lbs = 2 if cls.needs_unlabeled else None
+    cfg = tiny_config(phantom_root, method=method, networks=nets, labeled_batch_size=lbs, options=options,
+                      max_iterations=3, val_every=3, checkpoint_every=3)
+    summary = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    losses = {k: v for r in rows for k, v in r.items() if k.startswith("loss/")}
+    assert losses and all(v is not None and math.isfinite(v) for v in losses.values()), losses
+    assert summary["iterations"] == 3 and summary["skipped_steps"] == 0
+    for name in summary["best_val_dice"]:
+        assert (tmp_path / "run" / f"best_{name}.pth").is_file()
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
+if __name__ == "__main__":  # test_resume's child process: train CONFIG into RUN_DIR
+    Trainer(load_config(sys.argv[1]), Path(sys.argv[2]), progress=False).fit()
