@@ -53,18 +53,25 @@ def read_checkpoint(path: Union[str, Path], allow_pickle: bool = True) -> Dict[s
         raise UserError(f"pretrained checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        if not allow_pickle or isinstance(err, (EOFError, OSError)):
-            raise UserError(f"cannot read pretrained checkpoint {path}: {err}") from err
-        log.warning("%s holds non-tensor objects; loading it with full unpickling (trusted file)", path)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err2:  # any failure of an unreadable file becomes one clear line
-            raise UserError(f"cannot read pretrained checkpoint {path}: {err2}") from err2
+    except pickle.UnpicklingError as err:  # refused by the tensors-only loader, or not a pickle at all
+        if not allow_pickle:
+            raise UserError(f"cannot read pretrained checkpoint {path} without full unpickling: {err}") from err
+        ckpt = _load_trusted(path)
+    except Exception as err:  # torch.load raises many types on a corrupt file; report one clear line
+        raise UserError(f"cannot read pretrained checkpoint {path}: {err}") from err
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"pretrained checkpoint {path} is not a state dict nor a {{'model': state_dict}} file")
     return state
+
+
+def _load_trusted(path: Path) -> object:
+    """Full-pickle load of a checkpoint that also stores config objects (VMamba training files)."""
+    log.warning("%s holds non-tensor objects; loading it with full unpickling (trusted file)", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any failure of an unreadable file becomes one clear line
+        raise UserError(f"cannot read pretrained checkpoint {path}: {err}") from err
 
 
 def normalise_keys(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -79,12 +86,18 @@ def normalise_keys(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def mirror_encoder_to_decoder(state: Dict[str, torch.Tensor], num_stages: int) -> Dict[str, torch.Tensor]:
-    """Add `layers_up.(n-1-i).rest` for every `layers.i.rest` key (existing decoder keys win)."""
+    """Add `layers_up.(n-1-i).rest` for every `layers.i.rest` key.
+
+    A checkpoint that already has a decoder (`layers_up.*`, e.g. one saved from this library) is
+    returned unchanged: mirroring is only for encoder-only ImageNet files.
+    """
+    if any(key.startswith("layers_up.") for key in state):
+        return dict(state)
     out = dict(state)
     for key, value in state.items():
         match = _STAGE_KEY.match(key)
         if match and int(match.group(1)) < num_stages:
-            out.setdefault(f"layers_up.{num_stages - 1 - int(match.group(1))}.{match.group(2)}", value)
+            out[f"layers_up.{num_stages - 1 - int(match.group(1))}.{match.group(2)}"] = value
     return out
 
 
