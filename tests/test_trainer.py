@@ -95,11 +95,11 @@ if "_test_probe" not in METHODS:
 
 def tiny_config(data_root: Path, method: str = "_test_probe", networks: Optional[List[str]] = None,
                 max_iterations: int = 4, val_every: int = 2, checkpoint_every: int = 2,
-                labeled_batch_size: Optional[int] = None, options: Optional[dict] = None,
+                labeled_batch_size: Optional[int] = None, options: Optional[dict] = None, patch: int = PATCH,
                 **train) -> ExperimentConfig:
     values = {
         "name": "tiny",
-        "data": {"dataset": "phantom", "root": str(data_root), "num_classes": K, "patch_size": [PATCH, PATCH],
+        "data": {"dataset": "phantom", "root": str(data_root), "num_classes": K, "patch_size": [patch, patch],
                  "labeled_cases": 2, "num_workers": 0},
         "model": {"networks": networks or ["test_unet"], "scan_backend": "torch"},
         "method": {"name": method, "batch_size": 4, "labeled_batch_size": labeled_batch_size,
@@ -268,21 +268,21 @@ def _registered_methods() -> List[str]:
     return [m for m in METHODS.names() if not m.startswith("_test")]
 
 
-METHOD_SETUPS = {  # networks and options for tiny runs; default: one test_unet
-    "cross_teaching": (["test_unet", "test_mamba_unet"], {}),
-    "semi_mamba_unet": (["test_unet", "test_mamba_unet"], {}),
-    "cps": (["test_unet", "test_unet"], {}),
-    "adversarial": (["test_unet"], {"discriminator": "test_discriminator"}),
+METHOD_SETUPS = {  # networks, options and patch for tiny runs; default: test_unet(s) at PATCH
+    "cross_teaching": (["test_unet", "test_mamba_unet"], {}, PATCH),
+    "cps": (["test_unet", "test_unet"], {}, PATCH),
+    # the discriminator's 5 stride-2 convs + 2x2 pooling need 64 pixels
+    "adversarial": (["test_unet"], {"discriminator": "test_discriminator"}, 64),
 }
 
 
 @pytest.mark.parametrize("method", _registered_methods())
 def test_every_registered_method_trains(tmp_path, phantom_root, method):
     cls = METHODS.get(method)
-    nets, options = METHOD_SETUPS.get(method, (["test_unet"] * cls.num_networks[0], {}))
+    nets, options, patch = METHOD_SETUPS.get(method, (["test_unet"] * cls.num_networks[0], {}, PATCH))
     lbs = 2 if cls.needs_unlabeled else None
     cfg = tiny_config(phantom_root, method=method, networks=nets, labeled_batch_size=lbs, options=options,
-                      max_iterations=3, val_every=3, checkpoint_every=3)
+                      patch=patch, max_iterations=3, val_every=3, checkpoint_every=3)
     summary = Trainer(cfg, tmp_path / "run", progress=False).fit()
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     losses = {k: v for r in rows for k, v in r.items() if k.startswith("loss/")}
