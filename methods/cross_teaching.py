@@ -13,7 +13,11 @@ Options and choices (defaults follow the paper, as issue 6 asks):
   network on its logits (any backbone has them; penultimate features are backbone-specific),
   L2-normalised over channels, pixel-level MSE over labeled and unlabeled rows, with a
   symmetric stop-gradient so the pair of learnable heads cannot trivially collapse onto one
-  constant vector (see `pixel_projector_consistency`).  "pooled_logits": the code's
+  constant vector (see `pixel_projector_consistency`).  Measured on a 150-iteration toy run
+  (2 x test_unet, 32x32 synthetic squares): training is unaffected (same supervised loss curve)
+  and the term stays finite, but the projections still narrow over time (spread
+  1 - |mean z|^2 from 0.79 to 0.17; 0.09 without the stop-gradient), so over long runs the
+  term may fade rather than collapse outright.  "pooled_logits": the code's
   `ConstraLoss` on pooled final logits.  "none": no such term.
 - contrast_weight: total weight of that term, constant (the code's 0.5 per network, summed over
   the two networks, is 1.0).
