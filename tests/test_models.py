@@ -38,6 +38,11 @@ def test_registry_names_and_errors():
         create_model("mamba_net")
     with pytest.raises(UserError, match="no option depth"):
         create_model("test_unet", depth=3)
+    mamba = create_model("test_mamba_unet", scan_backend="torch")
+    ss2ds = [m for m in mamba.modules() if isinstance(m, SS2D)]
+    assert len(ss2ds) == 7 and all(m.scan_backend == "torch" for m in ss2ds)
+    mamba.set_scan_backend("auto")
+    assert all(m.scan_backend == "auto" for m in ss2ds)
     # the shared scan_backend option is accepted (and unused) by non-Mamba networks
     assert create_model("test_unet", scan_backend="torch").num_classes == 4
 
@@ -307,6 +312,12 @@ def test_tiny_state_dict_round_trip(name, size, tmp_path):
     x = torch.randn(1, 1, size, size)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+def test_non_square_input():
+    model = create_model("test_mamba_unet", scan_backend="torch").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 96)).shape == (1, 4, 64, 96)
 
 
 def test_three_channel_input_equals_repeated_gray():
