@@ -61,8 +61,8 @@ if "_test_probe" not in METHODS:
             loss = sum(losses)
             if step == self.options.nan_at:
                 loss = loss * float("nan")
-            return StepOutput(losses={"seg": loss}, logs={"loss/ce": float(loss.detach())},
-                              images={"train/image": batch.image[:2].clamp(0, 1)})
+            logs = {"loss/ce": float(loss.detach()), "probe/autocast": float(torch.is_autocast_enabled("cpu"))}
+            return StepOutput(losses={"seg": loss}, logs=logs, images={"probe/image": batch.image[:2].clamp(0, 1)})
 
     @METHODS.register("_test_teacher")
     class TeacherProbe(Method):
@@ -118,6 +118,26 @@ def write_config(cfg: ExperimentConfig, path: Path) -> None:
 
 def read_jsonl(path: Path) -> List[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_events(run_dir: Path) -> dict:
+    """{tag: [(step, kind)]} from the run's TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags: dict = {}
+    for path in sorted(Path(run_dir).glob("events.out.tfevents*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4  # length, its crc, payload, payload crc
+            for value in event.summary.value:
+                kind = "image" if value.HasField("image") else "scalar"
+                tags.setdefault(value.tag, []).append((event.step, kind))
+    return tags
 
 
 def wait_for_checkpoint(path: Path, min_iteration: int, timeout: float, child) -> int:
@@ -216,6 +236,44 @@ def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, net
     best_iter = summary["best_iteration"]["net1"]
     logged = [r["val/net1/dice"] for r in rows if r["step"] == best_iter][0]
     assert logged == pytest.approx(summary["best_val_dice"]["net1"])
+
+
+def test_tensorboard_gets_losses_lr_val_and_images(tmp_path, phantom_root):
+    Trainer(tiny_config(phantom_root), tmp_path / "run", progress=False).fit()
+    tags = read_events(tmp_path / "run")
+    assert [step for step, _ in tags["loss/seg"]] == [1, 2, 3, 4]
+    assert [step for step, _ in tags["lr/seg"]] == [1, 2, 3, 4]
+    assert [step for step, _ in tags["val/net1/dice"]] == [2, 4]
+    assert "val/net1/hd95" in tags and "val/net1/class1/dice" in tags
+    for tag in ("train/image", "train/label", "probe/image"):  # batch images + the method's own
+        assert tags[tag] == [(2, "image"), (4, "image")], tag
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("probe/autocast\": 0.0") == 4
+
+
+def test_bf16_autocast_wraps_the_training_step(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, amp="bf16", max_iterations=2)
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["probe/autocast"] for r in rows] == [1.0, 1.0]
+    assert all(math.isfinite(r["loss/seg"]) for r in rows)
+
+
+def test_optimizer_groups_resolve_overrides():
+    from ssl_mamba.config import TrainConfig
+    from ssl_mamba.engine.method import OptimizerGroup
+    from ssl_mamba.engine.optim import build_all
+
+    p1, p2 = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    groups = [OptimizerGroup("seg", [p1]),
+              OptimizerGroup("disc", [p2], {"type": "adam", "lr": 1e-4, "betas": (0.9, 0.99), "schedule": "constant"})]
+    (sgd, adam), (poly, const) = build_all(groups, TrainConfig(max_iterations=100))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    assert sgd.defaults["weight_decay"] == 1e-4
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.9, 0.99)
+    assert adam.defaults["weight_decay"] == 0.0  # a switched optimizer does not inherit SGD's decay
+    assert poly(50) < 0.01 and const(50) == 1e-4
+    with pytest.raises(ConfigError, match="'momentun'"):
+        build_all([OptimizerGroup("seg", [p1], {"momentun": 0.5})], TrainConfig())
 
 
 def test_nan_loss_stops_naming_iteration_and_keeps_checkpoint(tmp_path, phantom_root):

@@ -53,7 +53,7 @@ def _nonfinite_terms(logs: Dict[str, float]) -> List[str]:
 
 def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
     if name not in out.losses:
-        raise KeyError(f"training_step returned no loss for optimizer group {name!r}; got {sorted(out.losses)}")
+        raise RuntimeError(f"training_step returned no loss for optimizer group {name!r}; got {sorted(out.losses)}")
     loss = out.losses[name]
     if callable(loss):
         with amp_ctx_factory():

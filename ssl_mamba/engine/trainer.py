@@ -25,7 +25,7 @@ from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, 
 from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
-from .step import IterationResult, run_iteration
+from .step import IterationResult, TrainingDiverged, run_iteration
 
 log = get_logger("engine.trainer")
 
@@ -179,6 +179,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        changed = changed_keys(state.get("config", {}), to_dict(self.cfg))
+        if changed:
+            log.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
         self.method.load_state_dict(state["method"])
         if len(state["optimizers"]) != len(self.optimizers):
             raise UserError(f"checkpoint has {len(state['optimizers'])} optimizer(s); this method has "
@@ -219,6 +222,9 @@ class Trainer:
             self._log_start()
             self._loop(start_wall)
             return self._finish(start_wall)
+        except TrainingDiverged as exc:
+            log.error("%s", exc)
+            raise
         finally:
             self.logger.close()
             close = getattr(self.stream, "close", None)
@@ -245,12 +251,13 @@ class Trainer:
             while self.iteration < t.max_iterations:
                 tick = time.perf_counter()
                 self.method.train()
-                result = run_iteration(self.method, self.optimizers, next(stream), self.iteration, self.device,
+                batch = next(stream)
+                result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
                                        t.amp, t.on_nonfinite)
                 self.iteration += 1
                 self._apply_lr()
                 self.elapsed["train"] += time.perf_counter() - tick
-                self._after_iteration(result)
+                self._after_iteration(result, batch)
                 self.elapsed["wall"] = wall0 + time.perf_counter() - start_wall
                 if self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations:
                     self._save_last()
@@ -260,7 +267,7 @@ class Trainer:
         finally:
             bar.close()
 
-    def _after_iteration(self, result: IterationResult) -> None:
+    def _after_iteration(self, result: IterationResult, batch) -> None:
         t = self.cfg.train
         if result.skipped:
             self.skipped += 1
@@ -273,8 +280,8 @@ class Trainer:
         if self.iteration % t.val_every == 0 or self.iteration == t.max_iterations:
             scalars.update(self._validate())
         self.logger.scalars(self.iteration, scalars)
-        if t.log_images_every > 0 and self.iteration % t.log_images_every == 0 and result.images:
-            self.logger.images(self.iteration, result.images)
+        if t.log_images_every > 0 and self.iteration % t.log_images_every == 0:
+            self.logger.images(self.iteration, {**batch_images(batch, self.cfg.data.num_classes), **result.images})
 
     # ---- validation -----------------------------------------------------------------------------
     def _validate(self) -> Dict[str, float]:
@@ -333,4 +340,25 @@ def val_scalars(net_name: str, result: object) -> Dict[str, float]:
     for cls, metrics in (getattr(result, "per_class", None) or {}).items():
         out.update({f"val/{net_name}/class{cls}/{k}": float(v) for k, v in metrics.items()})
     out[f"val/{net_name}/dice"] = float(result.mean_dice)
+    return out
+
+
+def batch_images(batch, num_classes: int) -> Dict[str, torch.Tensor]:
+    """The batch's images (min-max scaled per image) and labels (class / (K-1)) as (N, 1, H, W) in [0, 1]."""
+    image = batch.image[:4].detach().float()
+    lo = image.amin(dim=(1, 2, 3), keepdim=True)
+    hi = image.amax(dim=(1, 2, 3), keepdim=True)
+    label = batch.label[:4, None].float() / max(num_classes - 1, 1)  # (N, H, W) -> (N, 1, H, W)
+    return {"train/image": (image - lo) / (hi - lo).clamp_min(1e-8), "train/label": label}
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            out.extend(changed_keys(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(prefix + key)
     return out
