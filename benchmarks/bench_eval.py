@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "ACDC")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
+    parser.add_argument("--note", default="", help="free text appended to the entry (e.g. machine load)")
     args = parser.parse_args()
 
     names, labels = load_volumes(args.data)
@@ -123,7 +124,7 @@ def main() -> None:
         f"volumes ({slices} slices, 3 classes, fake prediction with mean Dice {mean_dice:.4f}), best of "
         f"{args.repeats}: **ours {ours_s:.2f} s** ({1000 * ours_s / len(names):.1f} ms/volume) for all 8 metrics; "
         f"medpy dc+hd95+asd (SSL4MIS test script) {medpy_s:.2f} s ({medpy_s / ours_s:.1f}x slower). "
-        f"Max |diff| vs medpy: HD95 {hd_diff:.1e}, ASD {asd_diff:.1e}."
+        f"Max |diff| vs medpy: HD95 {hd_diff:.1e}, ASD {asd_diff:.1e}." + (f" {args.note}" if args.note else "")
     )
     print(entry)
     if not args.no_write:

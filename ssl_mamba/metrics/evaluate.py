@@ -80,7 +80,12 @@ def summarize(per_case: List[Dict[str, Any]], num_classes: int, slice_values: Op
 
 def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_classes: int, patch_size: Sequence[int],
                      eval_cfg: EvalConfig, device: Optional[torch.device] = None, progress: bool = False) -> EvalResult:
-    """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`."""
+    """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`.
+
+    eval_cfg: interp_order and tta_flip (inference), empty_policy and asd_mode (metrics), spacing
+    (one value per axis of the (S, H, W) volume, e.g. [10, 1.5, 1.5]; null = unit, as the papers).
+    device: where the slices go (None: the network's device).  progress: a tqdm bar over volumes.
+    """
     check_patch_size(net, patch_size)
     spacing = list(eval_cfg.spacing) if eval_cfg.spacing is not None else None
     iterator = names
