@@ -57,6 +57,13 @@ def test_paper_row_format_and_nan():
     assert paper_row(nan_result.summary).split()[6] == "nan"
 
 
+def test_nan_is_written_as_null_and_read_back(tmp_path):
+    rows = [dict(r, hd95=math.nan) for r in make_result().per_case]
+    write_reports(summarize(rows, 3), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())  # strict JSON: no NaN tokens
+    assert summary["mean"]["hd95"] is None and paper_row(summary).split()[6] == "nan"
+
+
 def make_run(root, name, seed, dice, method="cross_teaching", networks=("unet", "mamba_unet"), labeled=3, lr=0.01):
     cfg = ExperimentConfig(name=name)
     cfg.train.seed = seed
