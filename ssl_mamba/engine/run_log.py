@@ -35,7 +35,8 @@ class RunLogger:
         get_logger().setLevel(min(get_logger().getEffectiveLevel(), logging.INFO))
         purge = resume_step + 1 if resume_step is not None else None
         self.writer = SummaryWriter(logdir=str(self.run_dir), purge_step=purge)
-        self._metrics = open(self.metrics_path, "a")
+        # A fresh run starts an empty file (a crash before the first checkpoint leaves stale lines).
+        self._metrics = open(self.metrics_path, "a" if resume_step is not None else "w")
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """One metrics.jsonl line and one TensorBoard scalar per entry (non-finite kept as null)."""

@@ -7,6 +7,7 @@ and returns the final summary (also written to `summary.json`).  The run directo
 Dice, strict improvement) and `summary.json`.  `Trainer(cfg, run_dir, resume=True)` continues
 from `last.pt` and produces the same weights as an uninterrupted run.
 """
+import os
 import platform
 import subprocess
 import time
@@ -49,10 +50,8 @@ def resolve_device(name: str) -> torch.device:
 def configure_determinism(deterministic: bool) -> None:
     """train.deterministic: deterministic algorithms (warn only) and fixed cuDNN kernels."""
     if deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)  # process-wide: reset it too
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 
