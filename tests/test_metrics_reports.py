@@ -191,3 +191,20 @@ def test_training_curves_from_tensorboard_events(tmp_path):
 def test_training_curves_without_logs_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="metrics.jsonl"):
         figures.read_scalars(tmp_path)
+
+
+def test_every_acdc_experiment_config_has_its_paper_row():
+    """`--compare paper` must find the published row of every paper-table experiment file."""
+    from pathlib import Path
+
+    from ssl_mamba.config import load_config
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "acdc").glob("*.yaml"))
+    if not configs:
+        pytest.skip("no experiment files under configs/acdc")
+    unmatched = []
+    for path in configs:
+        cfg = load_config(path)
+        if not find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases):
+            unmatched.append(path.name)
+    assert not unmatched, f"no paper row for: {unmatched}"
