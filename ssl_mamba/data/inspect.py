@@ -1,0 +1,103 @@
+"""Dataset reports and validation, behind `ssl-mamba data info [--check]`."""
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple, Union
+
+import numpy as np
+
+from ..errors import DataError
+from .sources import SPLITS, SegmentationSource, case_of, open_dataset, slice_shape_summary
+from .split import cases_in_order, make_split
+
+PathLike = Union[str, Path]
+
+
+def _volume_stats(source: SegmentationSource, labels: Set[int]) -> Dict[str, dict]:
+    """Per split: listed volumes, stored volumes, their slices, cases and in-plane sizes."""
+    out = {}
+    for split in SPLITS:
+        names = source.volume_names(split)
+        stored = [n for n in names if source.has_volume(n)]
+        n_slices, shapes = 0, []
+        for name in stored:
+            _, label = source.read_volume(name)
+            n_slices += label.shape[0]
+            shapes.append(label.shape[1:])
+            labels.update(int(v) for v in np.unique(label))
+        out[split] = {"volumes_listed": len(names), "volumes_stored": len(stored), "slices": n_slices,
+                      "cases": len(dict.fromkeys(case_of(n) for n in names)), "sizes": slice_shape_summary(shapes)}
+    return out
+
+
+def dataset_info(root: PathLike, labeled_cases: Optional[int] = None) -> dict:
+    """Counts of training slices and cases, volumes per split, the labeled/unlabeled split for
+    `labeled_cases`, label values present and image sizes.  Reads every file once."""
+    source = open_dataset(root)
+    labels: Set[int] = set()
+    shapes: List[Tuple[int, ...]] = []
+    for name in source.train_slice_names:
+        _, label = source.read_slice(name)
+        shapes.append(label.shape)
+        labels.update(int(v) for v in np.unique(label))
+    volumes = _volume_stats(source, labels)
+    split = make_split(source, labeled_cases=labeled_cases)
+    info = {
+        "root": str(source.root),
+        "kind": source.kind,
+        "train_slices": len(source.train_slice_names),
+        "train_cases": len(cases_in_order(source)),
+        "labeled_cases": len(split.labeled_cases),
+        "labeled_slices": len(split.labeled_indices),
+        "unlabeled_slices": len(split.unlabeled_indices),
+        "volumes": volumes,
+        "label_values": sorted(labels),
+        "num_classes": max(labels) + 1 if labels else 0,
+        "slice_sizes": slice_shape_summary(shapes),
+    }
+    if source.kind == "pack":
+        info["pack"] = {k: source.metadata[k] for k in ("dtype", "max_abs_error", "source_root") if k in source.metadata}
+    return info
+
+
+def _check_arrays(where: str, image: np.ndarray, label: np.ndarray, num_classes: int) -> List[str]:
+    problems = []
+    if not np.all(np.isfinite(image)):
+        problems.append(f"{where}: image has NaN or inf values")
+    if label.size and int(label.max()) >= num_classes:
+        problems.append(f"{where}: label value {int(label.max())} >= num_classes ({num_classes})")
+    return problems
+
+
+def check_dataset(root: PathLike, num_classes: int) -> List[str]:
+    """Open and validate every file of the dataset; returns one line per problem ([] if clean).
+
+    Checks: the layout and lists, every listed training slice and every val/test volume (exists,
+    readable, has image and label, equal shapes, finite image, labels < num_classes), duplicate
+    names, and any stored training volume.
+    """
+    try:
+        source = open_dataset(root)
+    except DataError as exc:
+        return [str(exc)]
+    problems: List[str] = []
+    seen: Set[str] = set()
+    for name in source.train_slice_names:
+        if name in seen:
+            problems.append(f"{source.root}: slice {name!r} is listed twice")
+        seen.add(name)
+        try:
+            image, label = source.read_slice(name)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _check_arrays(f"{source.root}: slice {name}", image, label, num_classes)
+    for split in SPLITS:
+        for name in source.volume_names(split):
+            if split == "train" and not source.has_volume(name):
+                continue
+            try:
+                image, label = source.read_volume(name)
+            except DataError as exc:
+                problems.append(str(exc))
+                continue
+            problems += _check_arrays(f"{source.root}: volume {name}", image, label, num_classes)
+    return problems
