@@ -44,7 +44,7 @@ class _Heart:
 def _draw_heart(rng: np.random.Generator, size: Sequence[int]) -> _Heart:
     h, w = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
     side = min(h, w)
-    lv = side * rng.uniform(0.08, 0.12)
+    lv = side * rng.uniform(0.10, 0.14)
     i_lv = rng.uniform(0.75, 0.95)
     return _Heart(
         height=h, width=w,
@@ -52,7 +52,7 @@ def _draw_heart(rng: np.random.Generator, size: Sequence[int]) -> _Heart:
         drift=rng.normal(0, side * 0.03, 2),
         lv_radius=lv, wall=lv * rng.uniform(0.35, 0.55), elong=rng.uniform(0.85, 1.2),
         angle=rng.uniform(0, np.pi), rv_dir=rng.uniform(0, 2 * np.pi), rv_radius=lv * rng.uniform(1.2, 1.6),
-        i_lv=i_lv, i_rv=i_lv * rng.uniform(0.8, 0.97), i_myo=rng.uniform(0.22, 0.38), noise=rng.uniform(0.02, 0.045),
+        i_lv=i_lv, i_rv=i_lv * rng.uniform(0.8, 0.97), i_myo=rng.uniform(0.12, 0.25), noise=rng.uniform(0.02, 0.045),
     )
 
 
