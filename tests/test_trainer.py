@@ -170,7 +170,8 @@ def one_thread():
 def phantom_root(tmp_path_factory) -> Path:
     """A tiny phantom dataset in the ACDC layout, generated once per session."""
     root = tmp_path_factory.mktemp("phantom")
-    ssl_mamba.data.generate_phantom(root, n_train_patients=4, n_val_patients=2, n_test_patients=1, seed=0)
+    ssl_mamba.data.generate_phantom(root, n_train_patients=4, n_val_patients=2, n_test_patients=1, slices=(3, 4),
+                                    size=(48, 64), seed=0)
     return root
 
 

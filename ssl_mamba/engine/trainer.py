@@ -250,7 +250,7 @@ class Trainer:
             while self.iteration < t.max_iterations:
                 tick = time.perf_counter()
                 self.method.train()
-                batch = next(stream)
+                batch = next_batch(stream)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
                                        t.amp, t.on_nonfinite)
                 self.iteration += 1
@@ -340,6 +340,17 @@ def val_scalars(net_name: str, result: object) -> Dict[str, float]:
         out.update({f"val/{net_name}/class{cls}/{k}": float(v) for k, v in metrics.items()})
     out[f"val/{net_name}/dice"] = float(result.mean_dice)
     return out
+
+
+def next_batch(stream):
+    """The next batch, drawn without touching the global torch RNG.
+
+    Creating a DataLoader iterator draws a base seed from the global generator; that happens
+    at the first batch of a run *and* at the first batch after a resume, which would shift every
+    later dropout / noise draw.  The stream is a pure function of (seed, batch number) anyway.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return next(stream)
 
 
 def batch_images(batch, num_classes: int) -> Dict[str, torch.Tensor]:
