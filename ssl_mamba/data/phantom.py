@@ -51,7 +51,7 @@ def _draw_heart(rng: np.random.Generator, size: Sequence[int]) -> _Heart:
         centre=np.array([h, w]) * rng.uniform(0.42, 0.58, 2),
         drift=rng.normal(0, side * 0.03, 2),
         lv_radius=lv, wall=lv * rng.uniform(0.35, 0.55), elong=rng.uniform(0.85, 1.2),
-        angle=rng.uniform(0, np.pi), rv_dir=rng.uniform(0, 2 * np.pi), rv_radius=lv * rng.uniform(1.2, 1.6),
+        angle=rng.uniform(0, np.pi), rv_dir=rng.uniform(0, 2 * np.pi), rv_radius=lv * rng.uniform(1.4, 1.8),
         i_lv=i_lv, i_rv=i_lv * rng.uniform(0.8, 0.97), i_myo=rng.uniform(0.12, 0.25), noise=rng.uniform(0.02, 0.045),
     )
 
@@ -74,7 +74,7 @@ def _slice_label(heart: _Heart, z: float, systole: bool, yy: np.ndarray, xx: np.
         ry, rx = cy + sd * (r + t) * 0.9, cx + cd * (r + t) * 0.9
         along = cd * (xx - rx) + sd * (yy - ry)
         across = -sd * (xx - rx) + cd * (yy - ry)
-        inside = (along / (0.75 * rd)) ** 2 + (across / (1.5 * rd)) ** 2 <= 1.0
+        inside = (along / (0.9 * rd)) ** 2 + (across / (1.5 * rd)) ** 2 <= 1.0
         label[inside & (q > r + t + 1.5)] = 1
     label[(q > r) & (q <= r + t)] = 2
     label[q <= r] = 3
