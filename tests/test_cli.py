@@ -67,7 +67,7 @@ def tiny_experiment(tmp_path, **changes):
               "model": {"networks": ["test_unet"]}, "train": {"max_iterations": 2, "device": "cpu"}}
     for key, value in changes.items():
         section, name = key.split("__")
-        values[section][name] = value
+        values.setdefault(section, {})[name] = value
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(values))
     return path

@@ -90,6 +90,14 @@ def build_networks(cfg: ExperimentConfig) -> List[nn.Module]:
     return nets
 
 
+def check_model_names(names: List[str]) -> None:
+    """Unknown backbone names fail before any data is read (the registry lists the known ones)."""
+    from ..models import MODELS
+
+    for name in names:
+        MODELS.get(name)
+
+
 def check_patch_size(method: Method, patch_size: List[int]) -> None:
     """Every network that declares `check_input_size` must accept the training patch."""
     h, w = patch_size
@@ -133,13 +141,16 @@ class Trainer:
 
         if cfg.eval.val_split == "test":
             raise ConfigError("eval.val_split is 'test': model selection must never see the test split; use val")
+        # Names first (cheap, and the most common typo), then the data, then the networks.
+        method_class = METHODS.get(cfg.method.name)
+        check_model_names(cfg.model.networks)
         self.source = open_dataset(cfg.data.root)
         self.split = make_split(self.source, labeled_cases=cfg.data.labeled_cases,
                                 labeled_slices=cfg.data.labeled_slices, labeled_fraction=cfg.data.labeled_fraction)
         self.val_names = list(self.source.volume_names(cfg.eval.val_split))
         if not self.val_names:
             raise DataError(f"{cfg.data.root}: the {cfg.eval.val_split!r} split has no volumes to validate on")
-        self.method: Method = METHODS.get(cfg.method.name)(cfg, build_networks(cfg))
+        self.method: Method = method_class(cfg, build_networks(cfg))
         check_patch_size(self.method, cfg.data.patch_size)
         self.method.to(self.device)
         self.groups = self.method.optimizer_groups()
