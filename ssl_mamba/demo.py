@@ -19,7 +19,7 @@ DEMO_SETTINGS = {
         "labeled_cases": 2,
         "num_workers": 0,
     },
-    "model": {"networks": ["demo_unet", "demo_mamba_unet"], "scan_backend": "auto"},
+    "model": {"networks": ["unet", "small_mamba_unet"], "scan_backend": "auto"},
     "method": {"name": "cross_teaching", "batch_size": 8, "labeled_batch_size": 4,
                "consistency_rampup": 4.0, "rampup_epoch_iters": 50},
     "train": {"max_iterations": 400, "val_every": 100, "checkpoint_every": 100, "log_images_every": 200,

@@ -59,3 +59,11 @@ def test_mamba_unet(in_chans: int = 1, num_classes: int = 4, scan_backend: str =
     """Tiny variant for tests and smoke runs: dims 8..64, one block per stage, d_state 4."""
     return MambaUNet(in_chans, num_classes, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), d_state=4,
                      drop_path_rate=drop_path_rate, scan_backend=scan_backend)
+
+
+@register_model("small_mamba_unet")
+def small_mamba_unet(in_chans: int = 1, num_classes: int = 4, scan_backend: str = "auto",
+                     drop_path_rate: float = 0.1) -> MambaUNet:
+    """A CPU-friendly Mamba-UNet (dims 16..128, one block per stage, d_state 8): the demo's network."""
+    return MambaUNet(in_chans, num_classes, dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), d_state=8,
+                     drop_path_rate=drop_path_rate, scan_backend=scan_backend)
