@@ -1,5 +1,7 @@
 """Packs: a whole dataset (slices, volumes, lists) in one compressed .npz that loads into memory.
 
+The .npz is deflate level 9, readable by plain `np.load`.
+
 Layout of the .npz (all arrays, no pickles):
   meta                 JSON string: format, version, dtype, levels, max_abs_error, source kind/root
   slice_names          (N,) str, in train_slices order
@@ -16,7 +18,7 @@ maximum is stored in meta and returned, so results can report it.
 import json
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import BinaryIO, Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -79,6 +81,14 @@ class _Collector:
         }
 
 
+def _write_npz(fh: BinaryIO, arrays: Dict[str, np.ndarray]) -> None:
+    """`np.savez_compressed` with deflate level 9 (a few % smaller: ACDC uint8 then fits 64 MiB)."""
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
 def pack_dataset(root: PathLike, out: PathLike, dtype: str = "uint16") -> dict:
     """Write dataset `root` (any layout `open_dataset` reads) into the single file `out`.
 
@@ -108,7 +118,7 @@ def pack_dataset(root: PathLike, out: PathLike, dtype: str = "uint16") -> dict:
     arrays.update(vols.arrays("vol", 3))
     arrays.update({f"list_{s}": np.array(lists[s], dtype=str) for s in SPLITS})
     out = Path(out)
-    _atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays), "wb")
+    _atomic_write(out, lambda fh: _write_npz(fh, arrays), "wb")
     meta["bytes"] = out.stat().st_size
     get_logger("data").info("packed %s into %s: %.1f MiB, %s, max abs error %.3g", root, out,
                             meta["bytes"] / 2**20, dtype, meta["max_abs_error"])
