@@ -1,0 +1,53 @@
+"""SS2D core: cross-scan, per-direction projections, one selective scan, merge (§1.4 steps 3-6)."""
+import torch
+
+from ssl_mamba.ops.cross_scan import cross_merge, cross_scan
+from ssl_mamba.ops.dispatch import resolve_backend, selective_scan, triton_op
+
+
+def _check_ss2d_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+                       dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor) -> None:
+    """Raise ValueError naming the first parameter whose shape breaks SS2D's layout."""
+    if x.dim() != 4:
+        raise ValueError(f"ss2d_scan: x must be (B, H, W, D), got shape {tuple(x.shape)}")
+    d = x.shape[3]
+    k, n, r = x_proj_weight.shape[0], A_logs.shape[-1], dt_projs_weight.shape[-1]
+    expected = {
+        "x_proj_weight": (x_proj_weight, (4, r + 2 * n, d)),
+        "dt_projs_weight": (dt_projs_weight, (4, d, r)),
+        "dt_projs_bias": (dt_projs_bias, (4, d)),
+        "A_logs": (A_logs, (4 * d, n)),
+        "Ds": (Ds, (4 * d,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"ss2d_scan: {name} has shape {tuple(tensor.shape)}, expected {shape} "
+                             f"for x of shape {tuple(x.shape)} (K={k}, N={n}, R={r})")
+
+
+def ss2d_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+              dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
+              backend: str = "auto") -> torch.Tensor:
+    """SS2D's core on x (B, H, W, D) channel-last (after the depthwise conv + SiLU).
+
+    Parameters: x_proj_weight (4, R+2N, D), dt_projs_weight (4, D, R), dt_projs_bias (4, D),
+    A_logs (4D, N), Ds (4D).  Returns y (B, H, W, D) in x's dtype: the plain sum of the four
+    directions, before out_norm.  `backend` 'triton' runs the fused kernel; the others run
+    cross_scan -> projections -> selective_scan(backend) -> cross_merge.
+    """
+    _check_ss2d_shapes(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    name = resolve_backend(backend, x.device, op="ss2d")
+    if name == "triton":
+        return triton_op("ss2d")(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    b, h, w, d = x.shape
+    k, n, r = x_proj_weight.shape[0], A_logs.shape[1], dt_projs_weight.shape[2]
+    xs = cross_scan(x.permute(0, 3, 1, 2))  # (B, 4, D, L)
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)  # (B, 4, R+2N, L)
+    dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)  # (B, 4, R, L), (B, 4, N, L) x2
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)  # (B, 4, D, L)
+    ys = selective_scan(
+        xs.reshape(b, k * d, h * w), dts.reshape(b, k * d, h * w), -torch.exp(A_logs.float()),
+        Bs, Cs, Ds.float(), delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+        backend=name,
+    ).view(b, k, d, h * w)  # (B, 4, D, L)
+    return cross_merge(ys, h, w).view(b, d, h, w).permute(0, 2, 3, 1)  # (B, H, W, D)
