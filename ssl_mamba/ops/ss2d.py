@@ -25,6 +25,12 @@ def _check_ss2d_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_we
                              f"for x of shape {tuple(x.shape)} (K={k}, N={n}, R={r})")
 
 
+def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16/float32 parameters (the scan's A, D and dt bias stay fp32, as in
+    the original), float64 kept so the ops can be checked in double precision."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def ss2d_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
               dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
               backend: str = "auto") -> torch.Tensor:
@@ -46,8 +52,8 @@ def ss2d_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: tor
     dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)  # (B, 4, R, L), (B, 4, N, L) x2
     dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)  # (B, 4, D, L)
     ys = selective_scan(
-        xs.reshape(b, k * d, h * w), dts.reshape(b, k * d, h * w), -torch.exp(A_logs.float()),
-        Bs, Cs, Ds.float(), delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+        xs.reshape(b, k * d, h * w), dts.reshape(b, k * d, h * w), -torch.exp(_at_least_f32(A_logs)),
+        Bs, Cs, _at_least_f32(Ds), delta_bias=_at_least_f32(dt_projs_bias).reshape(-1), delta_softplus=True,
         backend=name,
     ).view(b, k, d, h * w)  # (B, 4, D, L)
     return cross_merge(ys, h, w).view(b, d, h, w).permute(0, 2, 3, 1)  # (B, H, W, D)
