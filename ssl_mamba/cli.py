@@ -226,11 +226,12 @@ def data_info(root, labeled_cases, num_classes, check, as_json) -> None:
 @click.argument("out")
 @click.option("--dtype", default="uint16", show_default=True, type=click.Choice(["uint16", "uint8"]),
               help="Image quantisation (uint8 is lossy and is recorded in every result that uses it).")
-def data_pack(root, out, dtype) -> None:
-    """Write a dataset into one compact file that loads straight into memory."""
+@click.option("--parts", is_flag=True, help="Write OUT as a folder of two parts (slices, volumes), each smaller.")
+def data_pack(root, out, dtype, parts) -> None:
+    """Write a dataset into one compact file (or a folder of parts) that loads straight into memory."""
     from .data import pack_dataset
 
-    report = pack_dataset(root, out, dtype=dtype)
+    report = pack_dataset(root, out, dtype=dtype, split_parts=parts)
     click.echo(json.dumps(report, default=str) if isinstance(report, dict) else str(report))
 
 

@@ -51,3 +51,21 @@ def test_pack_errors(phantom, tmp_path):
     pack_dataset(phantom, tmp_path / "p.npz")
     with pytest.raises(DataError, match=r"slice 'nope' is not in the pack"):
         open_dataset(tmp_path / "p.npz").read_slice("nope")
+
+
+def test_pack_parts_merge_back(phantom, tmp_path):
+    """A folder of two parts (for transfers with a size cap) reads exactly like the single file."""
+    pack_dataset(phantom, tmp_path / "p.npz", dtype="uint8")
+    single = open_dataset(tmp_path / "p.npz")
+    meta = pack_dataset(phantom, tmp_path / "parts", dtype="uint8", split_parts=True)
+    assert sorted(meta["part_bytes"]) == ["slices.npz", "volumes.npz"]
+    assert meta["bytes"] == sum((tmp_path / "parts" / f).stat().st_size for f in meta["part_bytes"])
+    parts = open_dataset(tmp_path / "parts")
+    assert parts.kind == "pack" and parts.train_slice_names == single.train_slice_names
+    for name in single.train_slice_names[:3]:
+        assert all(np.array_equal(a, b) for a, b in zip(parts.read_slice(name), single.read_slice(name)))
+    for name in single.volume_names("test"):
+        assert all(np.array_equal(a, b) for a, b in zip(parts.read_volume(name), single.read_volume(name)))
+    (tmp_path / "parts" / "volumes.npz").unlink()
+    with pytest.raises(DataError, match=r"lacks its volumes part \(volumes.npz\)"):
+        open_dataset(tmp_path / "parts")

@@ -11,6 +11,10 @@ Layout of the .npz (all arrays, no pickles):
   vol_names, vol_image, vol_label, vol_shape (M, 3), vol_offset, vol_range: the same for volumes
   list_train, list_val, list_test: volume names per split (as the source's lists)
 
+A pack can also be written as a folder of two parts (`split_parts=True`): `slices.npz` (training
+slices) and `volumes.npz` (val/test volumes), each with the lists.  Each part then fits a 64 MiB
+transfer on its own (ACDC in uint8 as one file is 64.1 MiB); `open_dataset(folder)` merges them.
+
 Quantisation: q = round((x - lo) / (hi - lo) * L) with L = 65535 (uint16) or 255 (uint8) and
 (lo, hi) the item's own min and max, so the error is at most (hi - lo) / (2 L); the measured
 maximum is stored in meta and returned, so results can report it.
@@ -89,11 +93,15 @@ def _write_npz(fh: BinaryIO, arrays: Dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
-def pack_dataset(root: PathLike, out: PathLike, dtype: str = "uint16") -> dict:
-    """Write dataset `root` (any layout `open_dataset` reads) into the single file `out`.
+PARTS = {"slices": "slices.npz", "volumes": "volumes.npz"}
+
+
+def pack_dataset(root: PathLike, out: PathLike, dtype: str = "uint16", split_parts: bool = False) -> dict:
+    """Write dataset `root` (any layout `open_dataset` reads) into the single file `out`, or with
+    `split_parts` into the folder `out` as two part files (see the module docstring).
 
     Volumes listed but not shipped (ACDC's training volumes) are skipped; val/test volumes must
-    exist.  Returns the meta dict plus `bytes` (the file size).
+    exist.  Returns the meta dict plus `bytes` (the total size) and, for parts, `part_bytes`.
     """
     if dtype not in LEVELS:
         raise DataError(f"pack dtype {dtype!r}: choose uint16 or uint8")
@@ -113,13 +121,23 @@ def pack_dataset(root: PathLike, out: PathLike, dtype: str = "uint16") -> dict:
         "max_abs_error": max(slices.max_error, vols.max_error), "source_kind": source.kind,
         "source_root": str(source.root), "slices": len(slices.names), "volumes": len(vols.names),
     }
-    arrays = {"meta": np.array(json.dumps(meta))}
-    arrays.update(slices.arrays("slice", 2))
-    arrays.update(vols.arrays("vol", 3))
-    arrays.update({f"list_{s}": np.array(lists[s], dtype=str) for s in SPLITS})
     out = Path(out)
-    _atomic_write(out, lambda fh: _write_npz(fh, arrays), "wb")
-    meta["bytes"] = out.stat().st_size
+    list_arrays = {f"list_{s}": np.array(lists[s], dtype=str) for s in SPLITS}
+    if split_parts:
+        part_arrays = {"slices": slices.arrays("slice", 2), "volumes": vols.arrays("vol", 3)}
+        meta["part_bytes"] = {}
+        for part, filename in PARTS.items():
+            arrays = {"meta": np.array(json.dumps(dict(meta, contents=[part]))), **part_arrays[part], **list_arrays}
+            _atomic_write(out / filename, lambda fh: _write_npz(fh, arrays), "wb")
+            meta["part_bytes"][filename] = (out / filename).stat().st_size
+        meta["bytes"] = sum(meta["part_bytes"].values())
+    else:
+        arrays = {"meta": np.array(json.dumps(dict(meta, contents=list(PARTS))))}
+        arrays.update(slices.arrays("slice", 2))
+        arrays.update(vols.arrays("vol", 3))
+        arrays.update(list_arrays)
+        _atomic_write(out, lambda fh: _write_npz(fh, arrays), "wb")
+        meta["bytes"] = out.stat().st_size
     get_logger("data").info("packed %s into %s: %.1f MiB, %s, max abs error %.3g", root, out,
                             meta["bytes"] / 2**20, dtype, meta["max_abs_error"])
     return meta
@@ -142,6 +160,30 @@ class PackSource(SegmentationSource):
         self._lists = {s: [str(n) for n in arrays[f"list_{s}"]] for s in SPLITS}
 
     def _load(self, path: Path) -> Dict[str, np.ndarray]:
+        """One pack file, or a folder of part files merged into one set of arrays."""
+        if not path.is_dir():
+            return self._load_file(path)
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise DataError(f"{path}: a pack folder must hold part files ({', '.join(PARTS.values())})")
+        merged: Dict[str, np.ndarray] = {}
+        contents: List[str] = []
+        for file in files:
+            arrays = self._load_file(file)
+            for part in self.pack_meta.get("contents", list(PARTS)):
+                if part in contents:
+                    raise DataError(f"{path}: two part files hold the {part}; keep one")
+                contents.append(part)
+                prefix = "slice_" if part == "slices" else "vol_"
+                merged.update({k: v for k, v in arrays.items() if k.startswith(prefix)})
+            merged.update({k: v for k, v in arrays.items() if k.startswith("list_") or k == "meta"})
+        missing = [p for p in PARTS if p not in contents]
+        if missing:
+            raise DataError(f"{path}: the pack folder lacks its {missing[0]} part ({PARTS[missing[0]]})")
+        self.pack_meta["contents"] = contents
+        return merged
+
+    def _load_file(self, path: Path) -> Dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}

@@ -224,7 +224,8 @@ _KIND_ALIASES = {"acdc": "ssl4mis", "promise12": "ssl4mis", "phantom": "ssl4mis"
 
 
 def detect_kind(root: Path) -> str:
-    """'pack' for a file, 'synapse' for a folder with train_npz/, 'ssl4mis' for train_slices.list."""
+    """'pack' for a file or a folder of pack parts, 'synapse' for a folder with train_npz/,
+    'ssl4mis' for train_slices.list."""
     if not root.exists():
         raise DataError(f"dataset root {root} does not exist; expected {SSL4MIS_EXPECTED}")
     if root.is_file():
@@ -233,6 +234,8 @@ def detect_kind(root: Path) -> str:
         return "synapse"
     if (root / "train_slices.list").is_file():
         return "ssl4mis"
+    if any(root.glob("*.npz")):
+        return "pack"  # a folder of pack parts
     raise DataError(f"{root}: not a dataset folder (no train_slices.list, no train_npz/); expected {SSL4MIS_EXPECTED}")
 
 
