@@ -51,10 +51,12 @@ def selective_scan_oracle(
     C = C.repeat_interleave(per_group, dim=1)  # (b, d, n, l)
     h = u.new_zeros(bsz, dim, A.shape[1])
     ys = []
-    for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)  # (b, d, n)
-        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
-        ys.append((h * C[..., t]).sum(-1))  # (b, d)
+    # unbind gives per-step views whose backward is one stack (indexing [..., t] would make the
+    # backward allocate a full-size gradient per step, i.e. quadratic in L)
+    steps = zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1))
+    for delta_t, u_t, B_t, C_t in steps:  # (b, d), (b, d), (b, d, n), (b, d, n)
+        h = torch.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * B_t
+        ys.append((h * C_t).sum(-1))  # (b, d)
     y = torch.stack(ys, dim=-1)  # (b, d, l)
     if D is not None:
         y = y + u * D.to(cdt)[:, None]

@@ -5,15 +5,17 @@ which leaves the state unchanged).  Work tensors live as (T, b, g, dg, nc, n): p
 chunk first (so each loop step reads one contiguous slice), then batch, B/C group, channel inside
 the group, chunk, state.
 
-Algorithm (three passes, no Python loop over all L positions):
-1. every chunk's end state from a zero start, in closed form:
-   h_end = sum_s exp(S_end - S_s) * delta_s B_s u_s, with S the in-chunk cumulative sum of delta*A;
-   S_end - S_s <= 0, so only non-positive numbers are ever exponentiated;
-2. a loop over chunks carries the state from chunk to chunk (nc steps on (b, d, n) tensors);
-3. a loop over the T positions of a chunk, all chunks at once, rebuilds every state from the true
-   chunk start and contracts it with C.
-Autograd through these ops keeps the backward linear in L (mamba-ssm's selective_scan_ref instead
-builds an L x L structure in backward).
+Algorithm (no Python loop over all L positions; loops of T and of nc steps, T = 64 by default):
+1. every chunk's end state from a zero start: a T-step loop run on all chunks at once;
+2. a loop over the nc chunks carries the state from chunk to chunk, using each chunk's total decay
+   exp(sum_t delta_t A), the exponential of an in-chunk cumulative sum of delta*A (<= 0);
+3. a second T-step loop, all chunks at once, rebuilds every state from its true chunk start and
+   contracts it with C.
+Only exp(delta*A) and exp(sum of delta*A) are ever taken, both of non-positive numbers, so strong
+decays underflow harmlessly to 0 instead of overflowing (a closed form exp(S_t) * exp(-S_s) would
+overflow).  Autograd through these ops keeps the backward linear in L and in memory (about four
+(b, d, L, n) fp32 tensors are saved), unlike a per-position loop that indexes full tensors.
+Loop slices come from `unbind`, whose backward is one stack, not one full-size zero tensor per step.
 """
 import math
 from typing import Optional, Tuple, Union
@@ -73,8 +75,7 @@ def _chunk_starts(decay: torch.Tensor, log_decay_total: torch.Tensor,
     """State at the start of every chunk (b, g, dg, nc, n) and the final state (b, g, dg, n).
 
     decay, inject: (T, b, g, dg, nc, n); log_decay_total: (b, g, dg, nc, n), the chunk's sum of
-    delta*A (<= 0, so its exp is a safe whole-chunk decay).  Slices come from `unbind`, whose
-    backward is one stack (indexing in a loop would allocate a full-size gradient per step)."""
+    delta*A (<= 0, so its exp is a safe whole-chunk decay)."""
     decays, injects = decay.unbind(0), inject.unbind(0)
     local_end = injects[0]
     for a, x in zip(decays[1:], injects[1:]):
