@@ -34,13 +34,12 @@ from ssl_mamba.ops import triton_ss2d  # noqa: E402
 from ssl_mamba.ops.triton_ss2d import set_block_config, ss2d_scan_triton  # noqa: E402
 
 RESULTS = {}
-TAG = "-v2"  # file-name suffix of this kernel version's results
 _BUILD = {}
 
 
 def save(out_dir: Path) -> None:
     """Write what has been measured so far (each phase calls this)."""
-    name = f"gpu-{datetime.date.today().isoformat()}{TAG}.json"
+    name = f"gpu-{datetime.date.today().isoformat()}.json"
     (out_dir / name).write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
@@ -187,23 +186,21 @@ def op_floor_bytes(b, h, w, d, n, r, elt: int) -> int:
     return pos * (d * elt + 4 * d * elt + 4 * (r + 2 * n) * elt + d * elt)
 
 
-SWEEP = [(32, 8, 16, 2, 2), (32, 8, 16, 4, 4), (64, 8, 16, 2, 2), (32, 8, 32, 4, 4), (32, 16, 8, 1, 2)]
-
-
 def sweep_tiles(ins, gy) -> dict:
-    """Try a few (chunk, unroll, BLOCK_D, warps) tiles for ours fp32; keep the fastest fwd+bwd."""
+    """Try a few (BLOCK_T, BLOCK_D, warps) tiles for ours fp32; keep the fastest fwd+bwd."""
     res = {}
-    for ck, un, bd, fw, bw in SWEEP:
-        set_block_config(ck, un, bd, fw, bw)
-        key = f"c{ck}_u{un}_d{bd}_w{fw}_{bw}"
+    for bt, bd, fw, bw in [(32, 16, 4, 4), (16, 16, 4, 4), (64, 16, 4, 8), (32, 32, 4, 8), (16, 32, 4, 4),
+                           (32, 8, 2, 4), (64, 8, 4, 4)]:
+        set_block_config(bt, bd, fw, bw)
+        key = f"t{bt}_d{bd}_w{fw}{bw}"
         try:
             res[key] = op_bench("triton", torch.float32, ins, gy)
         except Exception as exc:
             res[key] = {"error": str(exc)[:300]}
     ok = {k: v for k, v in res.items() if "fwd_bwd_ms" in v}
     best = min(ok, key=lambda k: ok[k]["fwd_bwd_ms"])
-    ck, un, bd, fw, bw = (int(s.lstrip("cudw")) for s in best.split("_"))
-    set_block_config(ck, un, bd, fw, bw)
+    bt, bd, w = best[1:].split("_")
+    set_block_config(int(bt), int(bd[1:]), int(w[1]), int(w[2:]))
     res["best"] = best
     return res
 
@@ -273,7 +270,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--commit", default="unknown")
-    ap.add_argument("--torch-ref", action="store_true", help="also time the (very slow) torch reference scan")
+    ap.add_argument("--skip-torch-ref", action="store_true")
     args = ap.parse_args()
     out_dir = Path(args.out)
     builder = threading.Thread(target=build_mamba_ssm, daemon=True)
@@ -302,7 +299,7 @@ def main() -> None:
         phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir)
         phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir)
         phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir)
-    if args.torch_ref:
+    if not args.skip_torch_ref:
         phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir)
     summarize(shape, out_dir)
 

@@ -80,13 +80,13 @@ SCRIPT = textwrap.dedent('''
         return dict(zip(NAMES, [rel(y, yref)] + [rel(g, r) for g, r in zip(gs, grefs)]))
 
     out = {}
-    set_block_config(chunk=8, unroll=4, block_d=8)
+    set_block_config(block_t=8, block_d=8)
     # odd sizes: batch 1, H != W, L = 15 not a multiple of BLOCK_T, D not a multiple of BLOCK_D, N = 4
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
     out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
     # several chunks, d_state 16, batch 2, W > H
-    set_block_config(chunk=4, unroll=2, block_d=16)
+    set_block_config(block_t=4, block_d=16)
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
