@@ -69,6 +69,8 @@ class TrainConfig:
     deterministic: bool = False
     on_nonfinite: str = "stop"  # stop | skip
     log_images_every: int = 1000
+    # Data-parallel runs (torchrun): BatchNorm -> SyncBatchNorm (CUDA only); false keeps per-process statistics.
+    sync_bn: bool = False
 
 
 @dataclass

@@ -144,3 +144,46 @@ class ShuffleSampler(_Resumable):
     def __len__(self) -> int:
         """Batches per epoch, rounded up (the originals' len with drop_last=False)."""
         return -(-len(self._stream.indices) // self.batch_size)
+
+
+class ShardedSampler:
+    """Rank `rank`'s share of another sampler's GLOBAL batches (data-parallel training).
+
+    Every rank draws the same global batch b from the wrapped sampler and keeps rows
+    rank::world_size of its first `n_labeled` (labeled) rows and rank::world_size of the rest, so
+    each rank loads only its own slices and the union over ranks is exactly the 1-process batch
+    (each row keeps the sample seed of its global position, so CPU augmentation is identical too).
+    Position and state are the wrapped sampler's.
+    """
+
+    def __init__(self, sampler: _Resumable, n_labeled: int, batch_size: int, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside the world of {world_size} process(es)")
+        for part, size in (("labeled", n_labeled), ("unlabeled", batch_size - n_labeled)):
+            if size % world_size:
+                raise DataError(f"the {part} part of the global batch ({size} rows) does not divide by the "
+                                f"number of processes ({world_size})")
+        self.sampler, self.n_labeled = sampler, n_labeled
+        self.rank, self.world_size = rank, world_size
+
+    def local_rows(self, rows: List[Pair]) -> List[Pair]:
+        lab, unlab = rows[: self.n_labeled], rows[self.n_labeled:]
+        return lab[self.rank::self.world_size] + unlab[self.rank::self.world_size]
+
+    def batch_at(self, b: int) -> List[Pair]:
+        return self.local_rows(self.sampler.batch_at(b))
+
+    def __iter__(self) -> Iterator[List[Pair]]:
+        while True:
+            b = self.sampler.batch
+            self.sampler.batch += 1
+            yield self.batch_at(b)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

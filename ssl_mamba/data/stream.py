@@ -20,7 +20,7 @@ from ..config import DataConfig
 from ..errors import DataError, UserError
 from .augment import batched_affine, random_generator, zoom_to
 from .batch import Batch
-from .samplers import ShuffleSampler, TwoStreamSampler, derive_seed
+from .samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler, derive_seed
 from .sources import SegmentationSource
 from .split import LabeledSplit
 
@@ -81,9 +81,9 @@ class TrainStream:
     """
 
     def __init__(self, dataset: SliceDataset, sampler, n_labeled: int, seed: int, device: torch.device,
-                 num_workers: int = 0):
+                 num_workers: int = 0, rank: int = 0):
         self.dataset, self.sampler, self.n_labeled = dataset, sampler, n_labeled
-        self.seed, self.device = int(seed), torch.device(device)
+        self.seed, self.device, self.rank = int(seed), torch.device(device), int(rank)
         cuda = self.device.type == "cuda"
         self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
                                  pin_memory=cuda, persistent_workers=num_workers > 0)
@@ -121,7 +121,9 @@ class TrainStream:
 
     def _generator(self, b: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(self.seed, _GPU_STREAM, b))
+        # Rank r > 0 of a data-parallel run draws its own rows' transforms (not the 1-process draws).
+        keys = (self.seed, _GPU_STREAM, b) if self.rank == 0 else (self.seed, _GPU_STREAM, b, self.rank)
+        gen.manual_seed(derive_seed(*keys))
         return gen
 
     def close(self) -> None:
@@ -133,11 +135,14 @@ class TrainStream:
 
 
 def build_train_stream(data_cfg: DataConfig, source: SegmentationSource, split: LabeledSplit, batch_size: int,
-                       labeled_batch_size: Optional[int], seed: int, device) -> TrainStream:
+                       labeled_batch_size: Optional[int], seed: int, device, rank: int = 0,
+                       world_size: int = 1) -> TrainStream:
     """The training stream of a run.
 
     labeled_batch_size None (or == batch_size): every row labeled, drawn from the labeled slices only
     with `ShuffleSampler`; otherwise `TwoStreamSampler` with labeled_batch_size labeled rows first.
+    batch_size and labeled_batch_size are global: with world_size > 1 this rank's stream yields its
+    `ShardedSampler` share (labeled_batch_size / world_size labeled rows first).
     """
     dataset = SliceDataset(source, data_cfg.patch_size, data_cfg.num_classes, data_cfg.augment,
                            data_cfg.rotflip_prob, data_cfg.rotate_prob)
@@ -150,4 +155,7 @@ def build_train_stream(data_cfg: DataConfig, source: SegmentationSource, split: 
         n_labeled = labeled_batch_size
     if data_cfg.num_workers < 0:
         raise DataError(f"data.num_workers must be >= 0, got {data_cfg.num_workers}")
-    return TrainStream(dataset, sampler, n_labeled, seed, device, data_cfg.num_workers)
+    if world_size > 1:
+        sampler = ShardedSampler(sampler, n_labeled, batch_size, rank, world_size)
+        n_labeled //= world_size
+    return TrainStream(dataset, sampler, n_labeled, seed, device, data_cfg.num_workers, rank)

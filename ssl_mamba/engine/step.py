@@ -9,6 +9,10 @@
 A non-finite loss is caught before its backward: with on_nonfinite="stop" it raises
 TrainingDiverged (naming the iteration and the loss terms); with "skip" the rest of the
 iteration (remaining groups and after_step) is skipped and the caller counts it.
+
+Data-parallel runs pass `sync` (a `distributed.GradSync`): each group's loss value is averaged
+over ranks before the finite check (every rank takes the same branch), and the group's
+gradients are averaged over ranks between its backward and its optimizer step.
 """
 import contextlib
 import math
@@ -62,7 +66,7 @@ def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
 
 
 def run_iteration(method: Method, optimizers: list, batch, step: int, device: torch.device,
-                  amp: str = "none", on_nonfinite: str = "stop") -> IterationResult:
+                  amp: str = "none", on_nonfinite: str = "stop", sync=None) -> IterationResult:
     """Forward, per-group backward/step, after_step.  `step` is the 0-based iteration index."""
     amp_ctx = lambda: autocast_context(device, amp)  # noqa: E731  (a fresh context per use)
     with amp_ctx():
@@ -71,6 +75,8 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
     for group, optimizer in zip(method.optimizer_groups(), optimizers):
         loss = _resolve_loss(out, group.name, amp_ctx)
         value = float(loss.detach().float())
+        if sync is not None:
+            value = sync.mean_value(value)
         result.losses[group.name] = value
         if not math.isfinite(value):
             terms = _nonfinite_terms(result.logs) or [f"loss/{group.name}"]
@@ -85,6 +91,8 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
             return result
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sync is not None:
+            sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
         optimizer.step()
     method.after_step(step)
     return result

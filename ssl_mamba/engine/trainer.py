@@ -6,6 +6,10 @@ and returns the final summary (also written to `summary.json`).  The run directo
 (every train.checkpoint_every iterations and at the end), `best_<net>.pth` (by mean validation
 Dice, strict improvement) and `summary.json`.  `Trainer(cfg, run_dir, resume=True)` continues
 from `last.pt` and produces the same weights as an uninterrupted run.
+
+Under torchrun (WORLD_SIZE > 1) the same code trains data-parallel: see `distributed.py` for
+the batch, gradient, BatchNorm and randomness semantics.  Only rank 0 validates, logs and
+writes files; every rank reads `last.pt` on resume.
 """
 import os
 import platform
@@ -21,6 +25,7 @@ from ..config import ExperimentConfig, save_config, to_dict
 from ..errors import ConfigError, DataError, UserError
 from ..utils.io import atomic_write_json
 from ..utils.log import get_logger
+from . import distributed as ddp
 from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, save_network,
                          seed_everything)
 from .method import METHODS, Method
@@ -119,12 +124,14 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.progress = progress
         self._check_run_dir()
-        self.device = resolve_device(cfg.train.device)
+        self.dist = ddp.init_distributed(cfg.train.device)
+        self.progress = progress and self.dist.is_main
+        self.device = ddp.rank_device(resolve_device(cfg.train.device), self.dist)
         configure_determinism(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
         self._build()
+        ddp.seed_rank(cfg.train.seed, self.dist)
 
     # ---- construction -------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -153,10 +160,18 @@ class Trainer:
         self.method: Method = method_class(cfg, build_networks(cfg))
         check_patch_size(self.method, cfg.data.patch_size)
         self.method.to(self.device)
+        if cfg.train.sync_bn:
+            ddp.convert_sync_bn(self.method.modules, self.device)
+        ddp.broadcast_state(self.method.modules, self.dist)
         self.groups = self.method.optimizer_groups()
         self.optimizers, self.schedules = build_all(self.groups, cfg.train)
+        labeled_batch_size = self._labeled_batch_size()
+        if self.dist.enabled:
+            ddp.shard_sizes(cfg.method.batch_size, labeled_batch_size, self.dist.world_size)
+        self.sync = ddp.GradSync(self.dist, self.device) if self.dist.enabled else None
         self.stream = build_train_stream(cfg.data, self.source, self.split, cfg.method.batch_size,
-                                         self._labeled_batch_size(), cfg.train.seed, self.device)
+                                         labeled_batch_size, cfg.train.seed, self.device,
+                                         self.dist.rank, self.dist.world_size)
         self.iteration = 0
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
@@ -175,7 +190,10 @@ class Trainer:
 
     # ---- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The checkpoint; in a data-parallel run a collective (every rank's RNG state is gathered)."""
+        extra = {"rng_ranks": ddp.gather_objects(capture_rng_state(), self.dist)} if self.dist.enabled else {}
         return {
+            **extra,
             "iteration": self.iteration,
             "method": self.method.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
@@ -201,10 +219,23 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         restore_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
+        self._restore_rank_rng(state)
         self.best = dict(state["best"])
         self.skipped = int(state["skipped"])
         self.elapsed = dict(state["elapsed"])
         self._apply_lr()
+
+    def _restore_rank_rng(self, state: dict) -> None:
+        """Each rank's own RNG state; a checkpoint from another world size reseeds ranks > 0."""
+        if not self.dist.enabled:
+            return
+        mine = ddp.replicate_rng(state.get("rng_ranks"), self.dist)
+        if mine is not None:
+            restore_rng_state(mine)
+            return
+        log.warning("checkpoint RNG states do not match %d processes: ranks draw fresh random streams "
+                    "(the resume is not bit-exact)", self.dist.world_size)
+        ddp.seed_rank(self.cfg.train.seed + self.iteration, self.dist)
 
     def _apply_lr(self) -> None:
         """Set each group's lr for the next iteration from its schedule (pure in the iteration)."""
@@ -212,22 +243,28 @@ class Trainer:
             set_lr(opt, schedule(self.iteration))
 
     def _save_last(self) -> None:
-        save_checkpoint(self.state_dict(), self.run_dir / LAST)
+        state = self.state_dict()
+        ddp.check_replicas(self.method.modules, self.dist, self.iteration)
+        if self.dist.is_main:
+            save_checkpoint(state, self.run_dir / LAST)
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train to train.max_iterations (validating and checkpointing) and return the summary."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         start_wall = time.perf_counter()
         resume_step = None
         if self.resume:
             self.load_state_dict(load_checkpoint(self.run_dir / LAST, map_location=self.device))
             resume_step = self.iteration
         else:
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            atomic_write_json(self.run_dir / "split.json", self.split.to_dict())
+            if main:
+                save_config(self.cfg, self.run_dir / "config.yaml")
+                atomic_write_json(self.run_dir / "split.json", self.split.to_dict())
             self._apply_lr()
-        self.logger = RunLogger(self.run_dir, resume_step)
+        self.logger = RunLogger(self.run_dir, resume_step) if main else None
         try:
             self._log_start()
             self._loop(start_wall)
@@ -236,18 +273,26 @@ class Trainer:
             log.error("%s", exc)
             raise
         finally:
-            self.logger.close()
+            if self.logger is not None:
+                self.logger.close()
             close = getattr(self.stream, "close", None)
             if close is not None:
                 close()
+            ddp.shutdown(self.dist)
 
     def _log_start(self) -> None:
         cfg = self.cfg
         sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in self.method.modules.items()}
         verb = f"resuming at iteration {self.iteration}" if self.resume else "starting"
+        if not self.dist.is_main:
+            return
         log.info("%s %s: method %s, networks %s, parameters %s, device %s, %d labeled / %d unlabeled slices",
                  verb, cfg.name, cfg.method.name, cfg.model.networks, sizes, self.device,
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
+        if self.dist.enabled:
+            log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
+                     self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
+                     "synchronised (SyncBatchNorm)" if cfg.train.sync_bn else "per process")
 
     def _loop(self, start_wall: float) -> None:
         from tqdm import tqdm
@@ -263,7 +308,10 @@ class Trainer:
                 self.method.train()
                 batch = next_batch(stream)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
-                                       t.amp, t.on_nonfinite)
+                                       t.amp, t.on_nonfinite, self.sync)
+                if self.sync is not None:
+                    ddp.broadcast_state(self.method.modules, self.dist, buffers_only=True)
+                    result.logs = self.sync.mean_scalars(result.logs)
                 self.iteration += 1
                 self._apply_lr()
                 self.elapsed["train"] += time.perf_counter() - tick
@@ -279,6 +327,14 @@ class Trainer:
 
     def _after_iteration(self, result: IterationResult, batch) -> None:
         t = self.cfg.train
+        validate = self.iteration % t.val_every == 0 or self.iteration == t.max_iterations
+        if self.dist.is_main:
+            self._log_iteration(result, batch, validate)
+        if validate:
+            ddp.barrier(self.dist)  # the other ranks wait for rank 0's validation
+
+    def _log_iteration(self, result: IterationResult, batch, validate: bool) -> None:
+        t = self.cfg.train
         if result.skipped:
             self.skipped += 1
             log.warning("%s; step skipped (%d so far)", result.skipped, self.skipped)
@@ -287,7 +343,7 @@ class Trainer:
         for group, opt in zip(self.groups, self.optimizers):
             scalars[f"lr/{group.name}"] = opt.param_groups[0]["lr"]
         scalars["train/skipped_steps"] = self.skipped
-        if self.iteration % t.val_every == 0 or self.iteration == t.max_iterations:
+        if validate:
             scalars.update(self._validate())
         self.logger.scalars(self.iteration, scalars)
         if t.log_images_every > 0 and self.iteration % t.log_images_every == 0:
@@ -335,12 +391,16 @@ class Trainer:
             "device": str(self.device),
             "device_name": device_name(self.device),
             "amp": cfg.train.amp,
+            "processes": self.dist.world_size,
             "torch_version": torch.__version__,
             "git_commit": git_commit(),
         }
-        atomic_write_json(self.run_dir / SUMMARY, summary)
-        log.info("finished %s after %d iterations in %.1f s (%.1f img/s); best val Dice %s", cfg.name,
-                 self.iteration, summary["wall_time_s"], summary["images_per_s"] or 0.0, summary["best_val_dice"])
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / SUMMARY, summary)
+            log.info("finished %s after %d iterations in %.1f s (%.1f img/s); best val Dice %s", cfg.name,
+                     self.iteration, summary["wall_time_s"], summary["images_per_s"] or 0.0,
+                     summary["best_val_dice"])
+        ddp.barrier(self.dist)  # every rank returns once rank 0's files are complete
         return summary
 
 

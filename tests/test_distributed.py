@@ -1,0 +1,223 @@
+"""Data-parallel training (issue 9) on the CPU: gloo, 2 processes, tiny models, a few iterations.
+
+* The sharded sampler's ranks together hold exactly the 1-process global batch.
+* A 2-process run equals a 1-process run with the same global batch: a CE-only method to float
+  precision (averaged gradients of equal shards), cross teaching (two networks, Dice) within a
+  tolerance (SSL4MIS's Dice over a shard is not the Dice over the global batch).  The network
+  has no BatchNorm and no dropout, the two things that legitimately differ per rank.
+* Mean teacher (BatchNorm, dropout, noise, EMA teacher) keeps identical replicas on both ranks
+  (the trainer checks it at every checkpoint) and resumes bit-exactly.
+* `torchrun -m ssl_mamba.cli train` runs end to end and writes its files once.
+"""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import methods  # noqa: F401  (registers the real methods in this process and in spawned children)
+from ssl_mamba.config import load_config
+from ssl_mamba.data.samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler
+from ssl_mamba.engine.checkpoint import load_checkpoint
+from ssl_mamba.engine.distributed import DistContext, check_replicas, shard_sizes
+from ssl_mamba.engine.trainer import Trainer
+from ssl_mamba.errors import ConfigError, DataError, UserError
+from ssl_mamba.models import MODELS, register_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_trainer as th  # noqa: E402
+from test_trainer import one_thread, phantom_root  # noqa: E402,F401  (shared fixtures)
+
+WORLD = 2
+
+
+class PlainNet(nn.Module):
+    """conv-ReLU-conv-ReLU-1x1: no BatchNorm, no dropout, so each row's output ignores the rest of the batch."""
+
+    input_multiple = 1
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                  nn.ReLU(), nn.Conv2d(8, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+if "_test_plain" not in MODELS:
+    register_model("_test_plain")(PlainNet)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding (no processes needed).
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TwoStreamSampler(range(10), range(10, 40), batch_size=8, labeled_batch_size=4, seed=3),
+    lambda: ShuffleSampler(range(10), batch_size=6, seed=3),
+])
+def test_shards_together_are_the_global_batch(make):
+    base = make()
+    n_labeled = getattr(base, "labeled_batch_size", 6)
+    shards = [ShardedSampler(make(), n_labeled, len(base.batch_at(0)), r, WORLD) for r in range(WORLD)]
+    for b in range(7):
+        glob = base.batch_at(b)
+        local = [s.batch_at(b) for s in shards]
+        half = n_labeled // WORLD
+        for r, rows in enumerate(local):
+            assert rows[:half] == glob[:n_labeled][r::WORLD], "labeled rows must come first, rank r keeps r::world"
+            assert rows[half:] == glob[n_labeled:][r::WORLD]
+        assert sorted(local[0] + local[1]) == sorted(glob)  # same slices with the same sample seeds
+    # Position lives in the wrapped sampler: a resumed shard continues where it stopped.
+    it = iter(shards[1])
+    first = [next(it) for _ in range(3)]
+    resumed = ShardedSampler(make(), n_labeled, len(base.batch_at(0)), 1, WORLD)
+    resumed.load_state_dict(shards[1].state_dict())
+    assert next(iter(resumed)) == shards[1].batch_at(3) and first[2] == shards[1].batch_at(2)
+
+
+def test_batch_must_divide_by_the_world_size():
+    with pytest.raises(ConfigError, match=r"labeled_batch_size 3.*divide by the number of processes \(2\)"):
+        shard_sizes(6, 3, 2)
+    assert shard_sizes(8, 4, 2) == (2, 2)
+    with pytest.raises(DataError, match="unlabeled part"):
+        ShardedSampler(TwoStreamSampler(range(10), range(10, 40), 7, 4, 0), 4, 7, 0, 2)
+
+
+def test_single_process_context_checks_nothing():
+    check_replicas(nn.Linear(2, 2), DistContext(), iteration=1)  # world 1: a no-op, no process group needed
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes with torch.multiprocessing (gloo).
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, jobs: list, out_dir: str) -> None:
+    """One rank: join the gloo group, run every (config, run_dir, resume) job, then a replica check."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        for cfg_path, run_dir, resume in jobs:
+            Trainer(load_config(cfg_path, []), run_dir, resume=resume, progress=False).fit()
+        net = nn.Linear(3, 2)
+        nn.init.constant_(net.weight, 0.5)
+        if rank == 1:
+            with torch.no_grad():
+                net.weight[1, 2] += 1e-6
+        try:
+            check_replicas(net, DistContext(rank, WORLD), iteration=9)
+        except UserError as exc:
+            Path(out_dir, f"replica_error_{rank}.txt").write_text(str(exc))
+    finally:
+        dist.destroy_process_group()
+
+
+def _config(tmp: Path, root: Path, name: str, **kwargs) -> str:
+    path = tmp / f"{name}.yaml"
+    th.write_config(th.tiny_config(root, **kwargs), path)
+    return str(path)
+
+
+def _close(a: dict, b: dict, atol: float, rtol: float) -> float:
+    """Largest |a - b| over the state dicts, asserting allclose on each tensor."""
+    worst = 0.0
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=atol, rtol=rtol), key
+        worst = max(worst, float((a[key].float() - b[key].float()).abs().max()))
+    return worst
+
+
+def _moved(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _initial(cfg_path: str, run_dir: Path) -> dict:
+    """The method's state before the first step (a built, never-fitted trainer)."""
+    state = Trainer(load_config(cfg_path, []), run_dir, progress=False).method.state_dict()
+    return {k: v.clone() for k, v in state.items()}
+
+
+def test_two_processes_match_one_and_keep_replicas(tmp_path, phantom_root):
+    plain = dict(networks=["_test_plain"], max_iterations=3, val_every=3, checkpoint_every=3, lr=0.5,
+                 log_images_every=0)
+    cross = dict(plain, networks=["_test_plain", "_test_plain"], method="cross_teaching", labeled_batch_size=2,
+                 lr=0.1)
+    teacher = dict(method="mean_teacher", networks=["test_unet"], labeled_batch_size=2, schedule="constant",
+                   val_every=2, checkpoint_every=2, log_images_every=0)
+    configs = {
+        "probe": _config(tmp_path, phantom_root, "probe", **plain),
+        "cross": _config(tmp_path, phantom_root, "cross", **cross),
+        "mt4": _config(tmp_path, phantom_root, "mt4", max_iterations=4, **teacher),
+        "mt2": _config(tmp_path, phantom_root, "mt2", max_iterations=2, **teacher),
+    }
+    d = {name: str(tmp_path / f"ddp_{name}") for name in ("probe", "cross", "mt4", "mt_resumed")}
+    jobs = [(configs["probe"], d["probe"], False), (configs["cross"], d["cross"], False),
+            (configs["mt4"], d["mt4"], False), (configs["mt2"], d["mt_resumed"], False),
+            (configs["mt4"], d["mt_resumed"], True)]
+    mp.spawn(_worker, args=(free_port(), jobs, str(tmp_path)), nprocs=WORLD, join=True)
+
+    # The replica check catches a 1e-6 difference, on every rank.
+    for rank in range(WORLD):
+        assert "rank 1's 'weight' differs" in (tmp_path / f"replica_error_{rank}.txt").read_text()
+
+    # 1 process, same global batch.
+    for name in ("probe", "cross"):
+        Trainer(load_config(configs[name], []), tmp_path / f"one_{name}", progress=False).fit()
+    init = {name: _initial(configs[name], tmp_path / f"init_{name}") for name in ("probe", "cross")}
+
+    one, two = (load_checkpoint(tmp_path / "one_probe" / "last.pt")["method"],
+                load_checkpoint(Path(d["probe"]) / "last.pt")["method"])
+    assert _moved(one, init["probe"]) > 1e-2, "the reference run must actually train"
+    assert _close(one, two, atol=1e-5, rtol=1e-4) < 1e-5  # CE is a row mean: equal shards average exactly
+    loss1 = [r["loss/seg"] for r in th.read_jsonl(tmp_path / "one_probe" / "metrics.jsonl")]
+    loss2 = [r["loss/seg"] for r in th.read_jsonl(Path(d["probe"]) / "metrics.jsonl")]
+    assert loss1 == pytest.approx(loss2, rel=1e-5) and len(loss2) == 3
+
+    one, two = (load_checkpoint(tmp_path / "one_cross" / "last.pt")["method"],
+                load_checkpoint(Path(d["cross"]) / "last.pt")["method"])
+    assert any(k.startswith("net2.") for k in two)
+    # Sharded Dice != global Dice: close, and far closer than the distance travelled by training.
+    assert _close(one, two, atol=5e-3, rtol=0.0) < 0.1 * _moved(one, init["cross"])
+    rows1 = th.read_jsonl(tmp_path / "one_cross" / "metrics.jsonl")
+    rows2 = th.read_jsonl(Path(d["cross"]) / "metrics.jsonl")
+    assert [r["loss/seg"] for r in rows1] == pytest.approx([r["loss/seg"] for r in rows2], rel=2e-2)
+    assert [r["step"] for r in rows2] == [1, 2, 3]  # one writer
+
+    straight = load_checkpoint(Path(d["mt4"]) / "last.pt")
+    resumed = load_checkpoint(Path(d["mt_resumed"]) / "last.pt")
+    assert len(straight["rng_ranks"]) == WORLD and any(k.startswith("ema1.") for k in straight["method"])
+    for key, value in straight["method"].items():
+        assert torch.equal(value, resumed["method"][key]), f"{key} differs after a 2-process resume"
+    summary = th.json.loads((Path(d["mt4"]) / "summary.json").read_text())
+    assert summary["processes"] == WORLD and summary["iterations"] == 4
+
+
+def test_torchrun_cli_trains_once(tmp_path, phantom_root):
+    cfg = _config(tmp_path, phantom_root, "cli", method="supervised", max_iterations=2, val_every=2,
+                  checkpoint_every=2)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "ssl_mamba.cli", "train", "-c", cfg, "--run-dir", str(run_dir),
+           "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = th.json.loads((run_dir / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["iterations"] == 2
+    assert [r["step"] for r in th.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert (run_dir / "last.pt").is_file() and (run_dir / "best_net1.pth").is_file()
