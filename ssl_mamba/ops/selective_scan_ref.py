@@ -79,13 +79,13 @@ def _chunk_starts(decay: torch.Tensor, log_decay_total: torch.Tensor,
     decays, injects = decay.unbind(0), inject.unbind(0)
     local_end = injects[0]
     for a, x in zip(decays[1:], injects[1:]):
-        local_end = a * local_end + x  # (b, g, dg, nc, n), zero start in every chunk
+        local_end = torch.addcmul(x, a, local_end)  # (b, g, dg, nc, n), zero start in every chunk
     chunk_decays = torch.exp(log_decay_total).unbind(-2)  # nc x (b, g, dg, n)
     h = torch.zeros_like(chunk_decays[0])
     starts = []
     for a, x in zip(chunk_decays, local_end.unbind(-2)):
         starts.append(h)
-        h = a * h + x
+        h = torch.addcmul(x, a, h)
     return torch.stack(starts, dim=-2), h
 
 
@@ -94,7 +94,7 @@ def _scan_chunks(decay: torch.Tensor, inject: torch.Tensor, C: torch.Tensor,
     """Run the recurrence inside all chunks at once from start states h; return y (b, g, dg, nc, T)."""
     ys = []
     for a, x, c in zip(decay.unbind(0), inject.unbind(0), C.unbind(0)):
-        h = a * h + x
+        h = torch.addcmul(x, a, h)
         ys.append((h * c).sum(-1))  # (b, g, dg, nc)
     return torch.stack(ys, dim=-1)
 
