@@ -20,6 +20,11 @@ GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 PIP_CMD = "pip install --no-build-isolation --no-cache-dir mamba-ssm"
 
 
+def device_for(backend: str) -> torch.device:
+    """Optional backends run on the GPU when there is one (triton on the CPU needs TRITON_INTERPRET=1)."""
+    return torch.device("cuda" if backend != "torch" and torch.cuda.is_available() else "cpu")
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Norm-wise relative error of a against the reference b (both taken in float64)."""
     a, b = a.detach().double(), b.detach().double()
@@ -40,17 +45,18 @@ def make_inputs(b: int, d: int, l: int, n: int, groups: Optional[int], seed: int
 
 
 def run_scan(fn, inputs: Dict[str, torch.Tensor], dtypes: Dict[str, torch.dtype],
-             return_last_state: bool = True, **kwargs) -> Tuple[torch.Tensor, Optional[torch.Tensor], dict]:
+             return_last_state: bool = True, device: str = "cpu",
+             **kwargs) -> Tuple[torch.Tensor, Optional[torch.Tensor], dict]:
     """Run fn on leaf copies of the inputs cast to dtypes; return y, last state and all gradients."""
-    leaves = {k: v.to(dtypes.get(k, v.dtype)).clone().requires_grad_(True) for k, v in inputs.items()}
+    leaves = {k: v.to(device, dtypes.get(k, v.dtype)).clone().requires_grad_(True) for k, v in inputs.items()}
     out = fn(**leaves, delta_softplus=True, return_last_state=return_last_state, **kwargs)
     y, last = out if return_last_state else (out, None)
     g = torch.Generator().manual_seed(123)
-    loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64)).sum()
+    loss = (y.double().cpu() * torch.randn(y.shape, generator=g, dtype=torch.float64)).sum()
     if last is not None:
-        loss = loss + (last.double() * torch.randn(last.shape, generator=g, dtype=torch.float64)).sum()
+        loss = loss + (last.double().cpu() * torch.randn(last.shape, generator=g, dtype=torch.float64)).sum()
     loss.backward()
-    return y, last, {k: v.grad for k, v in leaves.items()}
+    return y.cpu(), None if last is None else last.cpu(), {k: v.grad.cpu() for k, v in leaves.items()}
 
 
 def oracle_on(inputs: Dict[str, torch.Tensor], dtypes: Dict[str, torch.dtype]):
@@ -59,8 +65,8 @@ def oracle_on(inputs: Dict[str, torch.Tensor], dtypes: Dict[str, torch.dtype]):
     return run_scan(selective_scan_oracle, rounded, {})
 
 
-def assert_close_to_oracle(inputs, dtypes, tol: float, fn) -> None:
-    y, last, grads = run_scan(fn, inputs, dtypes)
+def assert_close_to_oracle(inputs, dtypes, tol: float, fn, device: torch.device = torch.device("cpu")) -> None:
+    y, last, grads = run_scan(fn, inputs, dtypes, device=device)
     y_ref, last_ref, grads_ref = oracle_on(inputs, dtypes)
     assert y.dtype == dtypes.get("u", torch.float64)
     assert rel_err(y, y_ref) <= tol, f"y rel err {rel_err(y, y_ref):.2e}"
@@ -88,10 +94,11 @@ PRECISIONS = {
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_selective_scan_matches_oracle(backend, shape, precision):
     dtypes, tol = PRECISIONS[precision]
-    if backend == "triton" and precision == "float64":
-        pytest.skip("the triton kernels compute in float32")
+    if backend != "torch" and precision == "float64":
+        pytest.skip(f"the {backend} kernels compute in float32")
     inputs = make_inputs(*shape, seed=sum(shape[:4]))
-    assert_close_to_oracle(inputs, dtypes, tol, lambda **kw: selective_scan(**kw, backend=backend))
+    assert_close_to_oracle(inputs, dtypes, tol, lambda **kw: selective_scan(**kw, backend=backend),
+                           device_for(backend))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 200])
@@ -203,15 +210,16 @@ def test_ss2d_scan_matches_direct_per_direction(backend):
     gy = torch.randn(b, h, w, d, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ref_leaves = {k: v.clone().requires_grad_(True) for k, v in {"x": x, **params}.items()}
     (ss2d_direct(**ref_leaves) * gy).sum().backward()
-    dtype = torch.float32 if backend == "triton" else torch.float64
-    tol = 1e-5 if backend == "triton" else 1e-10
-    leaves = {k: v.to(dtype).clone().requires_grad_(True) for k, v in {"x": x, **params}.items()}
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    tol = 1e-10 if backend == "torch" else 1e-5
+    device = device_for(backend)
+    leaves = {k: v.to(device, dtype).clone().requires_grad_(True) for k, v in {"x": x, **params}.items()}
     y = ss2d_scan(**leaves, backend=backend)
     assert y.shape == (b, h, w, d) and y.dtype == dtype
-    assert rel_err(y, ss2d_direct(x, **params)) <= tol
-    (y.double() * gy).sum().backward()
+    assert rel_err(y.cpu(), ss2d_direct(x, **params)) <= tol
+    (y.double().cpu() * gy).sum().backward()
     for name, leaf in leaves.items():
-        assert rel_err(leaf.grad, ref_leaves[name].grad) <= tol, f"grad {name}"
+        assert rel_err(leaf.grad.cpu(), ref_leaves[name].grad) <= tol, f"grad {name}"
 
 
 def test_ss2d_scan_float32_and_bfloat16_dtypes():
@@ -272,3 +280,16 @@ def test_cpu_backends_and_triton_needs_interpreter(monkeypatch):
     module, _ = dispatch._import_triton_module()
     expected = ["torch", "triton"] if module is not None else ["torch"]
     assert available_backends() == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_auto_choice_and_torch_backend_on_gpu():
+    ss2d_choice = resolve_backend("auto", "cuda")
+    if dispatch._triton_status("cuda", "ss2d")[0]:
+        assert ss2d_choice == "triton"
+    elif mamba_ssm_available():
+        assert ss2d_choice == "mamba_ssm"
+    inputs = make_inputs(2, 6, 131, 4, 3, seed=11)
+    dtypes = {k: torch.float32 for k in GRAD_NAMES}
+    assert_close_to_oracle(inputs, dtypes, 1e-5, lambda **kw: selective_scan(**kw, backend="torch"),
+                           torch.device("cuda"))
