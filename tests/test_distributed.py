@@ -25,7 +25,7 @@ import methods  # noqa: F401  (registers the real methods in this process and in
 from ssl_mamba.config import load_config
 from ssl_mamba.data.samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler
 from ssl_mamba.engine.checkpoint import load_checkpoint
-from ssl_mamba.engine.distributed import DistContext, check_replicas, shard_sizes
+from ssl_mamba.engine.distributed import DistContext, check_replicas, convert_sync_bn, shard_sizes
 from ssl_mamba.engine.trainer import Trainer
 from ssl_mamba.errors import ConfigError, DataError, UserError
 from ssl_mamba.models import MODELS, register_model
@@ -89,6 +89,13 @@ def test_batch_must_divide_by_the_world_size():
     assert shard_sizes(8, 4, 2) == (2, 2)
     with pytest.raises(DataError, match="unlabeled part"):
         ShardedSampler(TwoStreamSampler(range(10), range(10, 40), 7, 4, 0), 4, 7, 0, 2)
+
+
+def test_sync_bn_is_a_cuda_switch():
+    modules = nn.ModuleDict({"net1": nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))})
+    with pytest.raises(ConfigError, match="train.sync_bn.*needs CUDA"):
+        convert_sync_bn(modules, torch.device("cpu"))
+    assert isinstance(modules["net1"][1], nn.BatchNorm2d)
 
 
 def test_single_process_context_checks_nothing():
