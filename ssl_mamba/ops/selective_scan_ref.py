@@ -18,7 +18,7 @@ overflow).  Autograd through these ops keeps the backward linear in L and in mem
 Loop slices come from `unbind`, whose backward is one stack, not one full-size zero tensor per step.
 """
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,13 +70,12 @@ def _bc_to_chunks(x: torch.Tensor, length: int, n_chunks: int) -> torch.Tensor:
     return x.permute(4, 0, 1, 3, 2).contiguous().unsqueeze(3)
 
 
-def _chunk_starts(decay: torch.Tensor, log_decay_total: torch.Tensor,
-                  inject: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _chunk_starts(decays: Sequence[torch.Tensor], injects: Sequence[torch.Tensor],
+                  log_decay_total: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """State at the start of every chunk (b, g, dg, nc, n) and the final state (b, g, dg, n).
 
-    decay, inject: (T, b, g, dg, nc, n); log_decay_total: (b, g, dg, nc, n), the chunk's sum of
-    delta*A (<= 0, so its exp is a safe whole-chunk decay)."""
-    decays, injects = decay.unbind(0), inject.unbind(0)
+    decays, injects: T slices (b, g, dg, nc, n); log_decay_total: (b, g, dg, nc, n), the chunk's
+    sum of delta*A (<= 0, so its exp is a safe whole-chunk decay)."""
     local_end = injects[0]
     for a, x in zip(decays[1:], injects[1:]):
         local_end = torch.addcmul(x, a, local_end)  # (b, g, dg, nc, n), zero start in every chunk
@@ -89,11 +88,11 @@ def _chunk_starts(decay: torch.Tensor, log_decay_total: torch.Tensor,
     return torch.stack(starts, dim=-2), h
 
 
-def _scan_chunks(decay: torch.Tensor, inject: torch.Tensor, C: torch.Tensor,
-                 h: torch.Tensor) -> torch.Tensor:
+def _scan_chunks(decays: Sequence[torch.Tensor], injects: Sequence[torch.Tensor],
+                 Cs: Sequence[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """Run the recurrence inside all chunks at once from start states h; return y (b, g, dg, nc, T)."""
     ys = []
-    for a, x, c in zip(decay.unbind(0), inject.unbind(0), C.unbind(0)):
+    for a, x, c in zip(decays, injects, Cs):
         h = torch.addcmul(x, a, h)
         ys.append((h * c).sum(-1))  # (b, g, dg, nc)
     return torch.stack(ys, dim=-1)
@@ -134,9 +133,11 @@ def selective_scan_torch(
     dt = _to_chunks(delta, g, T, nc)  # (T, b, g, dg, nc)
     log_decay = dt[..., None] * A.view(g, d // g, 1, n)  # (T, b, g, dg, nc, n), <= 0
     inject = (dt * _to_chunks(u, g, T, nc))[..., None] * _bc_to_chunks(B, T, nc)  # (T, b, g, dg, nc, n)
-    decay = torch.exp(log_decay)  # (T, b, g, dg, nc, n), in (0, 1]
-    starts, last = _chunk_starts(decay, log_decay.sum(0), inject)
-    y = _scan_chunks(decay, inject, _bc_to_chunks(C, T, nc), starts)
+    # one unbind per tensor, shared by both loops: its backward stacks the summed slice gradients once
+    decays = torch.exp(log_decay).unbind(0)  # T x (b, g, dg, nc, n), in (0, 1]
+    injects = inject.unbind(0)
+    starts, last = _chunk_starts(decays, injects, log_decay.sum(0))
+    y = _scan_chunks(decays, injects, _bc_to_chunks(C, T, nc).unbind(0), starts)
     y = y.reshape(b, d, nc * T)[..., :l]  # (b, d, l)
     if D is not None:
         y = y + u * D.to(cdt)[:, None]
