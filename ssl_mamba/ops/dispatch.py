@@ -8,7 +8,7 @@ import functools
 import importlib
 import os
 from types import ModuleType
-from typing import Optional, Set, Tuple, Union
+from typing import Callable, List, Optional, Set, Tuple, Union
 
 import torch
 
@@ -51,16 +51,18 @@ def _triton_status(device_type: str, op: str) -> Tuple[bool, str]:
     return False, f"it needs a CUDA tensor (got {device_type}) or TRITON_INTERPRET=1 set before importing triton"
 
 
-def triton_op(op: str):
+def triton_op(op: str) -> Callable:
     """The triton module's function for `op` (call only after resolve_backend returned 'triton')."""
     return getattr(_import_triton_module()[0], _TRITON_FN[op])
 
 
 def _mamba_ssm_ok(device_type: str) -> bool:
+    """Whether the mamba-ssm kernel can run on device_type here."""
     return device_type == "cuda" and torch.cuda.is_available() and _import_selective_scan_fn()[0] is not None
 
 
 def _check_name(name: str, op: str) -> None:
+    """Raise UserError for an unknown backend name (listing the known ones), ValueError for an unknown op."""
     if name not in KNOWN_BACKENDS:
         raise UserError(f"unknown scan backend {name!r}; known backends: {', '.join(KNOWN_BACKENDS)}")
     if op not in OPS:
@@ -103,7 +105,7 @@ def resolve_backend(name: str, device: Union[str, torch.device], op: str = "ss2d
     return name
 
 
-def available_backends(op: str = "ss2d") -> list:
+def available_backends(op: str = "ss2d") -> List[str]:
     """Backends usable for `op` on this machine (for its CUDA device when it has one)."""
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     names = ["torch"]
