@@ -100,8 +100,8 @@ def train(config, overrides, resume_dir, run_dir, then_evaluate, no_progress) ->
     if resume_dir:
         cfg, directory = resume_config(Path(resume_dir), list(overrides)), Path(resume_dir)
     else:
-        if not config:
-            raise UserError("give --config FILE (see configs/) or --resume RUN_DIR")
+        if not config and not overrides:
+            raise UserError("give --config FILE (see configs/), --set overrides of the defaults, or --resume RUN_DIR")
         cfg = _load(config, overrides)
         directory = Path(run_dir) if run_dir else new_run_dir(cfg)
     summary = _fit(cfg, directory, resume=bool(resume_dir), progress=not no_progress)

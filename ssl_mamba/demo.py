@@ -22,8 +22,11 @@ DEMO_SETTINGS = {
     "model": {"networks": ["unet", "small_mamba_unet"], "scan_backend": "auto"},
     "method": {"name": "cross_teaching", "batch_size": 8, "labeled_batch_size": 4,
                "consistency_rampup": 4.0, "rampup_epoch_iters": 50},
+    # AdamW rather than the papers' SGD: a Mamba-UNet trained from scratch with SGD stays at the
+    # all-background plateau for far longer than a demo runs (measured: Dice 0 after 200 iterations
+    # at lr 0.03, 0.56 with AdamW 1e-3), while the UNet learns either way.
     "train": {"max_iterations": 400, "val_every": 100, "checkpoint_every": 100, "log_images_every": 200,
-              "device": "cpu", "lr": 0.03},
+              "device": "cpu", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01},
 }
 
 PHANTOM = {"n_train_patients": 10, "n_val_patients": 2, "n_test_patients": 4, "seed": 0}
@@ -61,7 +64,7 @@ def run_demo(out: Path, overrides: List[str], progress: bool = True) -> Iterator
     run_dir = new_run_dir(cfg)
     yield f"training {cfg.method.name} ({' + '.join(cfg.model.networks)}) -> {run_dir}"
     Trainer(cfg, run_dir, progress=progress).fit()
-    yield from evaluate_run(run_dir, "test", network=None)
+    yield from evaluate_run(run_dir, "test", network=None, progress=progress)
     yield ""
     yield build_table([run_dir], fmt="markdown", compare=None, split="test")
     yield f"TensorBoard: tensorboard --logdir {run_dir}"

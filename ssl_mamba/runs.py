@@ -52,8 +52,8 @@ def _primary_network(run_dir: Path, candidates: List[str]) -> str:
     path = run_dir / "summary.json"
     if len(candidates) == 1 or not path.is_file():
         return candidates[0]
-    best = json.loads(path.read_text()).get("best", {})
-    scored = [(best.get(n, {}).get("dice", float("-inf")), n) for n in candidates]
+    best = json.loads(path.read_text()).get("best_val_dice", {})
+    scored = [(best.get(n) if best.get(n) is not None else float("-inf"), n) for n in candidates]
     return max(scored)[1]
 
 
@@ -89,7 +89,7 @@ def _device(cfg: ExperimentConfig):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _score(cfg: ExperimentConfig, net, split: str, out_dir: Path, figures_dir: Optional[Path]):
+def _score(cfg: ExperimentConfig, net, split: str, out_dir: Path, figures_dir: Optional[Path], progress: bool = True):
     from .data import open_dataset
     from .metrics import evaluate_volumes, write_reports
 
@@ -99,7 +99,7 @@ def _score(cfg: ExperimentConfig, net, split: str, out_dir: Path, figures_dir: O
     if not names:
         raise UserError(f"dataset {cfg.data.root} has no volumes in split {split!r}")
     result = evaluate_volumes(net.to(device), source, names, cfg.data.num_classes, tuple(cfg.data.patch_size),
-                              cfg.eval, device, progress=True)
+                              cfg.eval, device, progress=progress)
     write_reports(result, out_dir)
     if figures_dir is not None:
         _figures(result, net, source, names, cfg, figures_dir, device)
@@ -114,7 +114,8 @@ def _figures(result, net, source, names, cfg: ExperimentConfig, figures_dir: Pat
     figures.overlay_figure(net, source, names[:3], cfg, figures_dir / "overlays.png", device)
 
 
-def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None) -> List[str]:
+def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None,
+                 progress: bool = True) -> List[str]:
     """Evaluate every (or one) best checkpoint of a run; the primary network's report is also
     written at the top of the output folder, where `ssl-mamba table` reads it."""
     if not (run_dir / "config.yaml").is_file():
@@ -130,12 +131,16 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
         net = _build_network(cfg, int(name[3:]) - 1)
         _load_weights(net, path)
         figures_dir = run_dir / "figures" / split / name
-        result = _score(cfg, net, split, out / name, figures_dir)
+        result = _score(cfg, net, split, out / name, figures_dir, progress)
         if name == primary:
             write_reports(result, out, extra={"network": name, "model": cfg.model.networks[int(name[3:]) - 1]})
         lines.append(f"{name} ({cfg.model.networks[int(name[3:]) - 1]}){' [reported]' if name == primary else ''}: "
                      f"{paper_row(result.summary)}")
-    lines.append(f"reports: {out}")
+    if (run_dir / "metrics.jsonl").is_file():
+        from .metrics.figures import training_curves
+
+        training_curves(run_dir, run_dir / "figures" / "training_curves.png")
+    lines.append(f"reports: {out}; figures: {run_dir / 'figures'}")
     return lines
 
 
