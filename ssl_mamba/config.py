@@ -67,6 +67,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 1337
     deterministic: bool = False
+    # TF32 tensor cores for fp32 matmuls/convolutions on Ampere+ GPUs (10-bit mantissa products,
+    # fp32 accumulation): ~3x faster GEMMs.  false reproduces the original's full-fp32 arithmetic.
+    tf32: bool = True
     on_nonfinite: str = "stop"  # stop | skip
     log_images_every: int = 1000
     # Data-parallel runs (torchrun): BatchNorm -> SyncBatchNorm (CUDA only); false keeps per-process statistics.

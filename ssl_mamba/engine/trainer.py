@@ -52,6 +52,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def configure_precision(tf32: bool) -> None:
+    """train.tf32: allow TF32 tensor cores for fp32 matmuls and convolutions (no effect on CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def configure_determinism(deterministic: bool) -> None:
     """train.deterministic: deterministic algorithms (warn only) and fixed cuDNN kernels."""
     if deterministic:
@@ -129,6 +135,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.device = ddp.rank_device(resolve_device(cfg.train.device), self.dist)
         configure_determinism(cfg.train.deterministic)
+        configure_precision(cfg.train.tf32)
         seed_everything(cfg.train.seed)
         self._build()
         ddp.seed_rank(cfg.train.seed, self.dist)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 PathLike = Union[str, Path]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> None:
@@ -17,6 +19,7 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None], mode: str) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are as readable as any file
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()

@@ -1,0 +1,172 @@
+"""Reproduce paper-table rows and assemble the results table.
+
+    python scripts/reproduce.py run configs/acdc/fully_unet.yaml configs/acdc/semi_mamba_unet_7cases.yaml \
+        --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--commit HASH]
+    python scripts/reproduce.py table            # rewrites the table in results/README.md
+
+`run` trains each row (`ssl-mamba train`, resuming a row whose run directory already has a
+checkpoint, so a run cut off by a time limit continues exactly), evaluates it on the test split
+(`ssl-mamba evaluate`), and copies the light files of the run (resolved config, split, logs,
+metrics, figures; no checkpoints) into `results/<row>/` with a provenance.json (commit, card,
+wall time, data pack dtype, iterations, whether the schedule was shortened).
+`table` regenerates the table in results/README.md from the committed `results/*/` folders
+alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).
+"""
+import argparse
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", "metrics.jsonl"]
+BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:end -->"
+
+
+def cli(*args: str) -> List[str]:
+    return [sys.executable, "-m", "ssl_mamba.cli", *args]
+
+
+def row_name(config: Path) -> str:
+    from ssl_mamba.config import load_config
+
+    return load_config(config).name
+
+
+def train_and_evaluate(config: Path, runs: Path, overrides: List[str], log_dir: Path) -> Path:
+    """Train (or resume) one row, then evaluate it; returns its run directory."""
+    name = row_name(config)
+    run_dir = runs / name
+    sets = [a for o in overrides for a in ("--set", o)]
+    log = (log_dir / f"{name}.out").open("a")
+    if not (run_dir / "summary.json").is_file():
+        if (run_dir / "last.pt").is_file():
+            cmd = cli("train", "--resume", str(run_dir), "--no-progress")
+        else:
+            cmd = cli("train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if not (run_dir / "metrics" / "test" / "summary.json").is_file():
+        subprocess.run(cli("evaluate", "--run", str(run_dir), "--split", "test"), check=True, stdout=log,
+                       stderr=subprocess.STDOUT, cwd=REPO)
+    return run_dir
+
+
+def pack_dtype(data_root: str) -> Optional[str]:
+    from ssl_mamba.data import open_dataset
+
+    meta = open_dataset(data_root).metadata
+    return meta.get("dtype") if meta.get("kind") == "pack" else None
+
+
+def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations: int) -> Path:
+    """Copy a finished run's light files into results/<name>/ with a provenance record."""
+    from ssl_mamba.config import load_config
+    from ssl_mamba.utils.io import atomic_write_json
+
+    cfg = load_config(run_dir / "config.yaml")
+    dest = results / run_dir.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in LIGHT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    shutil.copytree(run_dir / "metrics", dest / "metrics", dirs_exist_ok=True)
+    for png in (run_dir / "figures").rglob("*.png"):
+        target = dest / "figures" / png.relative_to(run_dir / "figures")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(png, target)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    atomic_write_json(dest / "provenance.json", {
+        "commit": commit or summary.get("git_commit"),
+        "card": summary.get("device_name"),
+        "torch": summary.get("torch_version"),
+        "wall_time_s": summary.get("wall_time_s"),
+        "images_per_s": summary.get("images_per_s"),
+        "seed": cfg.train.seed,
+        "iterations": cfg.train.max_iterations,
+        "protocol_iterations": full_iterations,
+        "shortened": cfg.train.max_iterations < full_iterations,
+        "data_pack_dtype": pack_dtype(cfg.data.root),
+        "date": time.strftime("%Y-%m-%d"),
+    })
+    return dest
+
+
+def command_run(args: argparse.Namespace) -> None:
+    from ssl_mamba.config import load_config
+
+    runs, results = Path(args.runs), Path(args.results)
+    runs.mkdir(parents=True, exist_ok=True)
+    overrides = list(args.set)
+    if args.iterations:
+        overrides.append(f"train.max_iterations={args.iterations}")
+    full = {Path(c): load_config(c).train.max_iterations for c in args.configs}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(train_and_evaluate, Path(c), runs, overrides, runs): Path(c) for c in args.configs}
+        for future in concurrent.futures.as_completed(futures):
+            config = futures[future]
+            try:
+                run_dir = future.result()
+            except subprocess.CalledProcessError as exc:
+                print(f"FAILED {config}: {exc} (log: {runs / (row_name(config) + '.out')})", flush=True)
+                continue
+            print(f"published {publish(run_dir, results, args.commit, full[config])}", flush=True)
+
+
+def provenance_table(rows: List[Path]) -> str:
+    """Where each row came from: schedule (full or shortened), card, wall time, commit, data dtype."""
+    lines = ["| run | iterations | card | wall time | img/s | commit | data |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        p = json.loads((row / "provenance.json").read_text()) if (row / "provenance.json").is_file() else {}
+        iters = f"{p.get('iterations')}" + (f" (shortened from {p['protocol_iterations']})" if p.get("shortened") else "")
+        wall = f"{p['wall_time_s'] / 60:.1f} min" if p.get("wall_time_s") else "?"
+        speed = f"{p['images_per_s']:.0f}" if p.get("images_per_s") else "?"
+        data = f"pack {p['data_pack_dtype']}" if p.get("data_pack_dtype") else "h5 files"
+        lines.append(f"| {row.name} | {iters} | {p.get('card', '?')} | {wall} | {speed} | "
+                     f"{str(p.get('commit', '?'))[:10]} | {data} |")
+    return "\n".join(lines)
+
+
+def command_table(args: argparse.Namespace) -> None:
+    from ssl_mamba.metrics.table import build_table
+    from ssl_mamba.utils.io import atomic_write_text
+
+    results = Path(args.results)
+    rows = sorted(p for p in results.iterdir() if (p / "metrics" / "test" / "summary.json").is_file())
+    if not rows:
+        raise SystemExit(f"no evaluated runs under {results}")
+    table = build_table(rows, fmt="markdown", compare="paper", split="test") + "\n\n" + provenance_table(rows)
+    readme = results / "README.md"
+    text = readme.read_text() if readme.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme} lacks the table markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    atomic_write_text(readme, f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    print(table)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train + evaluate rows, publish them into results/")
+    run.add_argument("configs", nargs="+")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    run.add_argument("--iterations", type=int, help="shortened schedule (recorded as such in provenance.json)")
+    run.add_argument("--jobs", type=int, default=1, help="rows trained at once (they share the GPU)")
+    run.add_argument("--runs", default="runs/reproduce")
+    run.add_argument("--results", default=str(REPO / "results"))
+    run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")
+    table = sub.add_parser("table", help="regenerate results/README.md's table from results/*/")
+    table.add_argument("--results", default=str(REPO / "results"))
+    args = parser.parse_args(argv)
+    {"run": command_run, "table": command_table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
