@@ -4,6 +4,7 @@ Errors from bad input (UserError) print one line and exit with code 2; `--debug`
 Heavy imports happen inside the commands so `--help` stays instant.
 """
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -105,6 +106,8 @@ def train(config, overrides, resume_dir, run_dir, then_evaluate, no_progress) ->
         cfg = _load(config, overrides)
         directory = Path(run_dir) if run_dir else new_run_dir(cfg)
     summary = _fit(cfg, directory, resume=bool(resume_dir), progress=not no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports and evaluates
     click.echo(f"run directory: {directory}")
     click.echo(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}))
     if then_evaluate:
