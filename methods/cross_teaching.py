@@ -23,11 +23,11 @@ Options and choices (defaults follow the paper, as issue 6 asks):
   the two networks, is 1.0).
 """
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 
-from ssl_mamba.engine.method import METHODS, Method, OptimizerGroup, StepOutput
+from ssl_mamba.engine.method import METHODS, OptimizerGroup
 from ssl_mamba.losses import (
     DiceLoss,
     ProjectorHead,
@@ -36,7 +36,8 @@ from ssl_mamba.losses import (
     supervised_loss,
 )
 
-from ._common import check_choice, labeled_supervised, pseudo_labels, ramp_weight, require_unlabeled
+from ._common import check_choice
+from .cps import CrossPseudoSupervision
 
 
 @dataclass
@@ -49,7 +50,9 @@ class CrossTeachingOptions:
 
 
 @METHODS.register("cross_teaching")
-class CrossTeaching(Method):
+class CrossTeaching(CrossPseudoSupervision):
+    """CPS's step with the paper's pseudo-label loss and the consistency term between the networks."""
+
     name = "cross_teaching"
     num_networks = (2, 2)
     Options = CrossTeachingOptions
@@ -84,24 +87,6 @@ class CrossTeaching(Method):
             return pixel_projector_consistency(self.modules["proj1"](logits1), self.modules["proj2"](logits2))
         return logits1.new_zeros(())
 
-    def training_step(self, batch, step: int) -> StepOutput:
-        require_unlabeled(batch, 1, self.name)
-        n = batch.n_labeled
-        logits1 = self.modules["net1"](batch.image)
-        logits2 = self.modules["net2"](batch.image)
-        sup1 = labeled_supervised(self, logits1, batch)
-        sup2 = labeled_supervised(self, logits2, batch)
-        ps1 = self.pseudo_term(logits1[n:], pseudo_labels(logits2[n:]))
-        ps2 = self.pseudo_term(logits2[n:], pseudo_labels(logits1[n:]))
+    def extra_terms(self, logits1: torch.Tensor, logits2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         con = self.contrast_term(logits1, logits2)
-        weight = ramp_weight(self, step)
-        loss = sup1 + sup2 + weight * (ps1 + ps2) + self.options.contrast_weight * con
-        logs = {
-            "loss/sup1": float(sup1.detach()),
-            "loss/sup2": float(sup2.detach()),
-            "loss/pseudo1": float(ps1.detach()),
-            "loss/pseudo2": float(ps2.detach()),
-            "loss/contrast": float(con.detach()),
-            "weight/consistency": weight,
-        }
-        return StepOutput(losses={"seg": loss}, logs=logs)
+        return self.options.contrast_weight * con, {"loss/contrast": float(con.detach())}
