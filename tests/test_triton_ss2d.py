@@ -79,14 +79,19 @@ SCRIPT = textwrap.dedent('''
         assert all(g.dtype == dtype for g in gs)
         return dict(zip(NAMES, [rel(y, yref)] + [rel(g, r) for g, r in zip(gs, grefs)]))
 
+    assert not torch.cuda.is_available(), "the interpreter check must run on CPU tensors"
     out = {}
-    set_block_config(block_t=8, block_d=8)
-    # odd sizes: batch 1, H != W, L = 15 not a multiple of BLOCK_T, D not a multiple of BLOCK_D, N = 4
+    # odd sizes: batch 1, H != W, L = 15 not a multiple of BLOCK_T, D not a multiple of BLOCK_D, N = 4;
+    # prefetching kernels, dB/dC by atomics
+    set_block_config(block_t=8, block_d=8, bwd_block_d=8, prefetch=True, atomic_bc=True)
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
     out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
+    # same sizes, no prefetch, backward channel tile != forward tile, dB/dC as per-block partials
+    set_block_config(block_d=16, bwd_block_d=4, prefetch=False, atomic_bc=False)
+    out["fp32_odd_partials"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
-    # several chunks, d_state 16, batch 2, W > H
-    set_block_config(block_t=4, block_d=16)
+    # several chunks, d_state 16, batch 2, W > H; prefetch with per-block dB/dC partials
+    set_block_config(block_t=4, block_d=16, bwd_block_d=8, prefetch=True, atomic_bc=False)
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
@@ -103,7 +108,12 @@ SCRIPT = textwrap.dedent('''
 def results(tmp_path_factory):
     script = tmp_path_factory.mktemp("triton") / "check_ss2d.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    # CPU only, whatever the machine: hide GPUs from the subprocess, and give it the repository on
+    # its path (pytest may have put the repository on sys.path only in this process).
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=path)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
                           timeout=300)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -111,7 +121,7 @@ def results(tmp_path_factory):
     return json.loads(line[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("case", ["fp32_odd", "fp32_chunks"])
+@pytest.mark.parametrize("case", ["fp32_odd", "fp32_odd_partials", "fp32_chunks"])
 def test_fp32_output_and_every_gradient_match_float64_oracle(results, case):
     errs = results[case]
     assert set(errs) == {"y", "x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"}
