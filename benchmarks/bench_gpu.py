@@ -5,11 +5,14 @@ Run on the GPU machine from the repository root:
 Phases (each recorded in the JSON even when a later one fails):
   1. build mamba-ssm's selective_scan_cuda (sm_90 only) from the sdist in .sdist/ (background thread);
   2. device copy bandwidth; correctness of the Triton op vs the torch reference on the GPU;
-  3. the scan op alone at Mamba-UNet's first stage (B=24, 56x56, D=192, N=16): Triton tile sweep,
-     fp32 / bf16, and the baseline (cross-scan copies + mamba-ssm fp32 kernel + merge);
+  3. the scan op alone at Mamba-UNet's first stage (B=24, 56x56, D=192, N=16): Triton tile/variant
+     sweep (v1 = no prefetch, atomic dB/dC, as the control), fp32 / bf16 for the best variant and
+     for v1, and the baseline (cross-scan copies + mamba-ssm fp32 kernel + merge);
   4. Mamba-UNet train step (CE + Dice, SGD momentum) at batch 24 and 16, and inference img/s, for
-     the baseline, ours fp32, ours bf16 autocast and the torch reference scan.
-Prints a table last and writes gpu-<date>.json under --out.
+     the baseline, ours (best variant) fp32 and bf16 autocast, v1 fp32, and optionally the torch
+     reference scan (--torch-ref; ~100 s per step).
+The run is time-boxed (--budget seconds): phases that would not fit are recorded as skipped.
+Prints a table last and writes gpu-<date><--tag>.json under --out.
 """
 import argparse
 import datetime
@@ -35,11 +38,32 @@ from ssl_mamba.ops.triton_ss2d import set_block_config, ss2d_scan_triton  # noqa
 
 RESULTS = {}
 _BUILD = {}
+_RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
+# v1 as shipped before the variants: no prefetch, dB/dC by atomics, one channel tile.
+V1 = dict(block_t=16, block_d=16, bwd_block_d=16, fwd_warps=4, bwd_warps=4, prefetch=False, atomic_bc=True)
+SWEEP = [V1,  # in priority order: the time box drops the tail
+         dict(V1, prefetch=True, atomic_bc=False, bwd_block_d=8),
+         dict(V1, prefetch=True, atomic_bc=False),
+         dict(V1, prefetch=True),
+         dict(V1, atomic_bc=False),
+         dict(V1, prefetch=True, atomic_bc=False, bwd_block_d=8, bwd_warps=2),
+         dict(V1, prefetch=True, atomic_bc=False, block_t=8, bwd_block_d=8),
+         dict(V1, prefetch=True, atomic_bc=False, block_d=32, bwd_block_d=8),
+         dict(V1, prefetch=True, atomic_bc=False, block_t=32, bwd_block_d=8, bwd_warps=8)]
+
+
+def time_left() -> float:
+    return _RUN["budget"] - (time.time() - _RUN["t0"])
+
+
+def cfg_key(cfg: dict) -> str:
+    return (f"t{cfg['block_t']}_d{cfg['block_d']}_bd{cfg['bwd_block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}"
+            f"_pf{int(cfg['prefetch'])}_at{int(cfg['atomic_bc'])}")
 
 
 def save(out_dir: Path) -> None:
     """Write what has been measured so far (each phase calls this)."""
-    name = f"gpu-{datetime.date.today().isoformat()}.json"
+    name = f"gpu-{datetime.date.today().isoformat()}{_RUN['tag']}.json"
     (out_dir / name).write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
@@ -187,21 +211,22 @@ def op_floor_bytes(b, h, w, d, n, r, elt: int) -> int:
 
 
 def sweep_tiles(ins, gy) -> dict:
-    """Try a few (BLOCK_T, BLOCK_D, warps) tiles for ours fp32; keep the fastest fwd+bwd."""
+    """Time each SWEEP variant of ours fp32 (v1 first, as the control); keep the fastest fwd+bwd."""
     res = {}
-    for bt, bd, fw, bw in [(32, 16, 4, 4), (16, 16, 4, 4), (64, 16, 4, 8), (32, 32, 4, 8), (16, 32, 4, 4),
-                           (32, 8, 2, 4), (64, 8, 4, 4)]:
-        set_block_config(bt, bd, fw, bw)
-        key = f"t{bt}_d{bd}_w{fw}{bw}"
+    for cfg in SWEEP:
+        if time_left() < 220:
+            res[cfg_key(cfg)] = {"skipped": "time box"}
+            continue
+        set_block_config(**cfg)
         try:
-            res[key] = op_bench("triton", torch.float32, ins, gy)
+            res[cfg_key(cfg)] = op_bench("triton", torch.float32, ins, gy)
         except Exception as exc:
-            res[key] = {"error": str(exc)[:300]}
-    ok = {k: v for k, v in res.items() if "fwd_bwd_ms" in v}
-    best = min(ok, key=lambda k: ok[k]["fwd_bwd_ms"])
-    bt, bd, w = best[1:].split("_")
-    set_block_config(int(bt), int(bd[1:]), int(w[1]), int(w[2:]))
+            res[cfg_key(cfg)] = {"error": str(exc)[:300]}
+    ok = {cfg_key(c): c for c in SWEEP if "fwd_bwd_ms" in res[cfg_key(c)]}
+    best = min(ok, key=lambda k: res[k]["fwd_bwd_ms"])
+    set_block_config(**ok[best])
     res["best"] = best
+    res["best_config"] = ok[best]
     return res
 
 
@@ -215,8 +240,20 @@ def dice_ce(logits, label, k=4):
     return 0.5 * (ce + dice.mean())
 
 
-def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20) -> dict:
-    """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet."""
+def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict = None) -> dict:
+    """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet.
+
+    cfg: Triton variant to use for this measurement (the current one is restored afterwards).
+    """
+    old = set_block_config(**cfg) if cfg else None
+    try:
+        return _model_bench(backend, bf16, batch, iters)
+    finally:
+        if old:
+            set_block_config(**old)
+
+
+def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
@@ -255,8 +292,14 @@ def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20) -> dict:
             "infer_img_s": batch * 1000 / inf_ms, "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
 
-def phase(key: str, fn, out_dir: Path):
+def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
+    """Run one measurement, record its result or error; skip it if under need_s seconds are left."""
     t0 = time.time()
+    if time_left() < need_s:
+        RESULTS[key] = {"skipped": f"time box ({time_left():.0f} s left, needs {need_s:.0f})"}
+        print(f"[skip] {key}", flush=True)
+        save(out_dir)
+        return
     try:
         RESULTS[key] = fn()
     except Exception as exc:
@@ -270,8 +313,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--commit", default="unknown")
-    ap.add_argument("--skip-torch-ref", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the JSON name, e.g. -v3")
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
+    ap.add_argument("--torch-ref", action="store_true", help="also time the torch reference scan (slow)")
     args = ap.parse_args()
+    _RUN.update(budget=args.budget, tag=args.tag)
     out_dir = Path(args.out)
     builder = threading.Thread(target=build_mamba_ssm, daemon=True)
     builder.start()
@@ -280,27 +326,38 @@ def main() -> None:
     RESULTS["commit"] = args.commit
     RESULTS["date"] = datetime.date.today().isoformat()
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
+    set_block_config(**SWEEP[1])
     phase("correctness", check_correctness, out_dir)
     shape = (24, 56, 56, 192, 16, 6)
     ins = scan_inputs(*shape)
     gy = torch.randn(*shape[:4], device="cuda")
     phase("tile_sweep_fp32", lambda: sweep_tiles(ins, gy), out_dir)
     RESULTS["tile_config"] = dict(triton_ss2d._CONFIG)
+    phase("correctness_best", check_correctness, out_dir)
     phase("op_triton_fp32", lambda: op_bench("triton", torch.float32, ins, gy), out_dir)
     phase("op_triton_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir)
-    builder.join()
+    best = dict(triton_ss2d._CONFIG)
+    set_block_config(**V1)
+    phase("op_v1_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir, 200)
+    set_block_config(**best)
+    builder.join(timeout=max(time_left() - 150, 1))
     RESULTS["mamba_ssm_build"] = {k: v for k, v in _BUILD.items() if k != "fn"}
     print("build:", RESULTS["mamba_ssm_build"], flush=True)
     phase("copy_gbps", copy_bandwidth, out_dir)
-    phase("op_mamba_ssm_fp32", lambda: op_bench("mamba_ssm", torch.float32, ins, gy), out_dir)
+    if "fn" in _BUILD:
+        phase("op_mamba_ssm_fp32", lambda: op_bench("mamba_ssm", torch.float32, ins, gy), out_dir, 30)
     del ins, gy
     torch.cuda.empty_cache()
-    for batch in (24, 16):
-        phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir)
-        phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir)
-        phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir)
-    if not args.skip_torch_ref:
-        phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir)
+    for batch, need in ((24, 20), (16, 20)):
+        if "fn" in _BUILD:
+            phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir, need)
+        phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir, need)
+        phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir, need)
+        if batch == 24:
+            phase("model_b24_v1_fp32", lambda: model_bench("triton", False, 24, cfg=V1), out_dir, need)
+            phase("model_b24_v1_bf16", lambda: model_bench("triton", True, 24, cfg=V1), out_dir, need + 20)
+    if args.torch_ref:
+        phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir, 300)
     summarize(shape, out_dir)
 
 
@@ -322,7 +379,7 @@ def summarize(shape, out_dir: Path) -> None:
     print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'infer img/s':>11s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
-        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "torchref_fp32"):
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "v1_fp32", "v1_bf16", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
@@ -332,7 +389,12 @@ def summarize(shape, out_dir: Path) -> None:
             ir = m["infer_img_s"] / base["infer_img_s"] if "infer_img_s" in base else float("nan")
             print(f"b{batch} {v:30s} {m['train_ms']:9.1f} {m['train_img_s']:8.1f} {tr:7.2f} {m['peak_gib']:9.2f} "
                   f"{m['infer_img_s']:11.1f} {ir:7.2f}")
-    for key in ("op_triton_fp32", "op_triton_bf16", "op_mamba_ssm_fp32"):
+    sweep = r.get("tile_sweep_fp32", {})
+    for key, val in sweep.items():
+        if isinstance(val, dict) and "fwd_ms" in val:
+            print(f"sweep {key:29s} fwd {val['fwd_ms']:7.3f} ms  fwd+bwd {val['fwd_bwd_ms']:7.3f} ms")
+    print("best", sweep.get("best"))
+    for key in ("op_triton_fp32", "op_triton_bf16", "op_v1_bf16", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
     print("correctness", json.dumps(r.get("correctness"))[:600])
 
