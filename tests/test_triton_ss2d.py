@@ -20,8 +20,21 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent('''
     import json, os, sys
     os.environ["TRITON_INTERPRET"] = "1"
+    import numpy as np
     import torch
     import torch.nn.functional as F
+    import triton.runtime.interpreter as interp
+
+    # triton 3.6's interpreter turns a runtime loop bound into an int with int(array of shape (1,)),
+    # which NumPy >= 2.5 refuses ("only 0-dimensional arrays can be converted"); later triton
+    # squeezes first.  Give the interpreter's tensor the squeezing conversion on any version.
+    _patch_tensor = getattr(interp, "_patch_lang_tensor", None)
+    if _patch_tensor is not None:
+        def _patch_lang_tensor(tensor, *args, **kwargs):
+            _patch_tensor(tensor, *args, **kwargs)
+            tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
+        interp._patch_lang_tensor = _patch_lang_tensor
+
     from ssl_mamba.ops import ss2d_scan
     from ssl_mamba.ops.triton_ss2d import ss2d_scan_triton, set_block_config
     from ssl_mamba.errors import UserError

@@ -13,6 +13,8 @@ the (B, 4, D, L) cross-scan copies:
   bias stay fp32; inputs may be bf16 or fp32; all arithmetic is fp32.
 * The four directions are summed into the output with fp32 atomic adds, so the merged y is the
   only output written (cast to x's dtype at the end).
+* Backward: dB/dC (sums over the channels) are written as one partial per channel block and
+  summed by torch (no atomics on them); dx is summed over the directions with fp32 atomics.
 * Forward saves only the state at each chunk start (B, 4, n_chunks, D, N).  Backward walks the
   chunks in reverse, recomputes the chunk's states from its checkpoint and runs the adjoint
   recurrence g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t as a reverse associative scan.
@@ -42,8 +44,9 @@ K_DIRECTIONS = 4
 # checkpoints are indexed by channel).  prefetch: issue the next chunk's loads before the current
 # chunk's math.  atomic_bc: add dB/dC over the channel blocks with fp32 atomics (else each block
 # writes its own partial and torch sums them).
+# Defaults: the fastest fwd+bwd of the H200 sweep of 2026-11-27 (benchmarks/NOTES-gpu.md, v3).
 _CONFIG = {"block_t": 16, "block_d": 16, "bwd_block_d": 16, "fwd_warps": 4, "bwd_warps": 4,
-           "prefetch": 1, "atomic_bc": 1}
+           "prefetch": 0, "atomic_bc": 0}
 
 
 def set_block_config(block_t: Optional[int] = None, block_d: Optional[int] = None,
