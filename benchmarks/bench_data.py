@@ -98,12 +98,12 @@ def main() -> None:
     torch.set_num_threads(1)
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as tmp:
-        if (data / "train_slices.list").is_file():
-            label = f"real ACDC slices ({data})"
+        if data.exists():  # an SSL4MIS folder, a pack file or a folder of pack parts
+            label = f"real slices ({data})"
         else:
             data = Path(tmp) / "phantom"
             generate_phantom(data, n_train_patients=8, size=(208, 256))
-            label = "generated phantom slices (ACDC not found)"
+            label = f"generated phantom slices ({data} not found)"
         source = open_dataset(data)
         reads = read_rate(source, args.samples)
         cpu = cpu_rate(source, args.samples, "cpu")
