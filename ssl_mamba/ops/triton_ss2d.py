@@ -122,10 +122,10 @@ if triton is not None:
                        mask=m1[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
 
     @triton.jit
-    def _ss2d_fwd_kernel(x_ptr, dt_ptr, bc_ptr, a_ptr, ds_ptr, bias_ptr, y_ptr, hs_ptr,
-                         H, W, L, D, R, NCHUNK,
-                         N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr):
+    def _program_setup(a_ptr, ds_ptr, bias_ptr, hs_ptr, D, NCHUNK, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+        """What both kernels derive from the program id: batch b, direction k, flat channel kd, the channel/state
+        offsets and masks, this block's fp32 A / D / dt-bias, and its chunk-state checkpoints."""
         pid_bk = tl.program_id(0)
         pid_d = tl.program_id(1)
         b = pid_bk // 4
@@ -140,6 +140,15 @@ if triton is not None:
         dskip = tl.load(ds_ptr + kd, mask=mask_d, other=0.0)
         bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)
         hs_base = hs_ptr + (pid_bk * NCHUNK) * D * N + offs_d[:, None] * N + offs_n[None, :]
+        return b, k, kd, offs_d, mask_d, offs_n, mask_n, mask_dn, A, dskip, bias, hs_base
+
+    @triton.jit
+    def _ss2d_fwd_kernel(x_ptr, dt_ptr, bc_ptr, a_ptr, ds_ptr, bias_ptr, y_ptr, hs_ptr,
+                         H, W, L, D, R, NCHUNK,
+                         N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr):
+        b, k, kd, offs_d, mask_d, offs_n, mask_n, mask_dn, A, dskip, bias, hs_base = _program_setup(
+            a_ptr, ds_ptr, bias_ptr, hs_ptr, D, NCHUNK, N, BLOCK_D, BLOCK_N)
         rows = tl.arange(0, BLOCK_T)
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         u_n, dr_n, b_n, c_n = _load_chunk(x_ptr, dt_ptr, bc_ptr, b, k, 0, H, W, L, D, R, offs_d,
@@ -171,20 +180,9 @@ if triton is not None:
                          H, W, L, D, R, NCHUNK, NPOS,
                          N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, ATOMIC_BC: tl.constexpr):
-        pid_bk = tl.program_id(0)
-        pid_d = tl.program_id(1)
-        b = pid_bk // 4
-        k = pid_bk % 4
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        offs_n = tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        mask_dn = mask_d[:, None] & mask_n[None, :]
-        kd = k * D + offs_d
-        A = tl.load(a_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
-        dskip = tl.load(ds_ptr + kd, mask=mask_d, other=0.0)
-        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)
-        hs_base = hs_ptr + (pid_bk * NCHUNK) * D * N + offs_d[:, None] * N + offs_n[None, :]
+        b, k, kd, offs_d, mask_d, offs_n, mask_n, mask_dn, A, dskip, bias, hs_base = _program_setup(
+            a_ptr, ds_ptr, bias_ptr, hs_ptr, D, NCHUNK, N, BLOCK_D, BLOCK_N)
+        pid_d = tl.program_id(1)  # the channel block, for this block's dB/dC partials
         io_d = offs_d[None, :]
         rows = tl.arange(0, BLOCK_T)
         g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # adjoint at the next chunk's first step
