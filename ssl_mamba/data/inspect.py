@@ -84,20 +84,19 @@ def check_dataset(root: PathLike, num_classes: int) -> List[str]:
         if name in seen:
             problems.append(f"{source.root}: slice {name!r} is listed twice")
         seen.add(name)
-        try:
-            image, label = source.read_slice(name)
-        except DataError as exc:
-            problems.append(str(exc))
-            continue
-        problems += _check_arrays(f"{source.root}: slice {name}", image, label, num_classes)
+        problems += _check_item(f"{source.root}: slice {name}", source.read_slice, name, num_classes)
     for split in SPLITS:
         for name in source.volume_names(split):
             if split == "train" and not source.has_volume(name):
                 continue
-            try:
-                image, label = source.read_volume(name)
-            except DataError as exc:
-                problems.append(str(exc))
-                continue
-            problems += _check_arrays(f"{source.root}: volume {name}", image, label, num_classes)
+            problems += _check_item(f"{source.root}: volume {name}", source.read_volume, name, num_classes)
     return problems
+
+
+def _check_item(where: str, read, name: str, num_classes: int) -> List[str]:
+    """Problems of one slice or volume: its read error, or what `_check_arrays` finds."""
+    try:
+        image, label = read(name)
+    except DataError as exc:
+        return [str(exc)]
+    return _check_arrays(where, image, label, num_classes)

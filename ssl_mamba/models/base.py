@@ -38,6 +38,17 @@ class Segmenter(nn.Module):
             raise InputSizeError(f"{type(self).__name__} cannot take a {h}x{w} input: it needs "
                                  f"{self.allowed_sizes()}")
 
+    def stem_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate x and repeat a gray image to the 3 channels of an ImageNet-shaped stem
+        (`net_in_chans` 3), as the original Mamba-UNet and Swin-UNet wrappers do."""
+        self.check_input(x)
+        net_in_chans = getattr(self, "net_in_chans", self.in_chans)
+        if x.shape[1] == 1 and net_in_chans == 3:
+            x = x.repeat(1, 3, 1, 1)
+        if x.shape[1] != net_in_chans:
+            raise InputSizeError(f"{type(self).__name__} expects {self.in_chans} input channel(s), got {x.shape[1]}")
+        return x
+
     def check_input(self, x: torch.Tensor) -> None:
         """Validate a batch: 4-D, `in_chans` (or 1, repeated) channels, allowed spatial size."""
         if x.dim() != 4:

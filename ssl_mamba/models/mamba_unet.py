@@ -4,7 +4,7 @@ from typing import Sequence
 import torch
 
 from ..layers import VSSBlock
-from .base import InputSizeError, Segmenter
+from .base import Segmenter
 from .registry import register_model
 from .ushape import UShapedNet
 
@@ -38,12 +38,7 @@ class MambaUNet(Segmenter):
                 module.scan_backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        if x.shape[1] == 1 and self.net_in_chans == 3:
-            x = x.repeat(1, 3, 1, 1)  # gray -> the 3 channels of the ImageNet-shaped stem
-        if x.shape[1] != self.net_in_chans:
-            raise InputSizeError(f"MambaUNet expects {self.in_chans} input channel(s), got {x.shape[1]}")
-        return self.mamba_unet(x)
+        return self.mamba_unet(self.stem_input(x))
 
 
 @register_model("mamba_unet")
