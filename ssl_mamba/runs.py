@@ -89,15 +89,22 @@ def _device(cfg: ExperimentConfig):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _score(cfg: ExperimentConfig, net, split: str, out_dir: Path, figures_dir: Optional[Path], progress: bool = True):
+def _open_split(cfg: ExperimentConfig, split: str):
+    """The dataset source and the volume names of `split`, opened once per evaluation."""
     from .data import open_dataset
-    from .metrics import evaluate_volumes, write_reports
 
-    device = _device(cfg)
     source = open_dataset(cfg.data.root)
     names = source.volume_names(split)
     if not names:
         raise UserError(f"dataset {cfg.data.root} has no volumes in split {split!r}")
+    return source, names
+
+
+def _score(cfg: ExperimentConfig, net, source, names: List[str], out_dir: Path, figures_dir: Optional[Path],
+           progress: bool = True):
+    from .metrics import evaluate_volumes, write_reports
+
+    device = _device(cfg)
     result = evaluate_volumes(net.to(device), source, names, cfg.data.num_classes, tuple(cfg.data.patch_size),
                               cfg.eval, device, progress=progress)
     write_reports(result, out_dir)
@@ -126,15 +133,17 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
     out = out or run_dir / "metrics" / split
     checkpoints = _checkpoints(run_dir, cfg, network)
     primary = _primary_network(run_dir, list(checkpoints))
+    source, names = _open_split(cfg, split)
     lines = []
     for name, path in checkpoints.items():
-        net = _build_network(cfg, int(name[3:]) - 1)
+        index = int(name[3:]) - 1  # net1 -> model.networks[0]
+        net = _build_network(cfg, index)
         _load_weights(net, path)
         figures_dir = run_dir / "figures" / split / name
-        result = _score(cfg, net, split, out / name, figures_dir, progress)
+        result = _score(cfg, net, source, names, out / name, figures_dir, progress)
         if name == primary:
-            write_reports(result, out, extra={"network": name, "model": cfg.model.networks[int(name[3:]) - 1]})
-        lines.append(f"{name} ({cfg.model.networks[int(name[3:]) - 1]}){' [reported]' if name == primary else ''}: "
+            write_reports(result, out, extra={"network": name, "model": cfg.model.networks[index]})
+        lines.append(f"{name} ({cfg.model.networks[index]}){' [reported]' if name == primary else ''}: "
                      f"{paper_row(result.summary)}")
     if (run_dir / "metrics.jsonl").is_file():
         from .metrics.figures import training_curves
@@ -152,5 +161,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: Path, split: str, out
         raise UserError(f"checkpoint not found: {checkpoint}")
     net = _build_network(cfg, 0)
     _load_weights(net, checkpoint)
-    result = _score(cfg, net, split, out_dir, figures_dir=None)
+    source, names = _open_split(cfg, split)
+    result = _score(cfg, net, source, names, out_dir, figures_dir=None)
     return paper_row(result.summary)
