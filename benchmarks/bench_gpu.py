@@ -5,12 +5,12 @@ Run on the GPU machine from the repository root:
 Phases (each recorded in the JSON even when a later one fails):
   1. build mamba-ssm's selective_scan_cuda (sm_90 only) from the sdist in .sdist/ (background thread);
   2. device copy bandwidth; correctness of the Triton op vs the torch reference on the GPU;
-  3. the scan op alone at Mamba-UNet's first stage (B=24, 56x56, D=192, N=16): Triton tile/variant
-     sweep (v1 = no prefetch, atomic dB/dC, as the control), fp32 / bf16 for the best variant and
-     for v1, and the baseline (cross-scan copies + mamba-ssm fp32 kernel + merge);
+  3. the scan op alone at Mamba-UNet's first stage (B=24, 56x56, D=192, N=16): Triton tile sweep
+     (the default first), the kernels alone (fwd, bwd: no projections or casts), fp32 / bf16 of the
+     whole op for the best tiles, and the baseline (cross-scan copies + mamba-ssm fp32 kernel + merge);
   4. Mamba-UNet train step (CE + Dice, SGD momentum) at batch 24 and 16, and inference img/s, for
-     the baseline, ours (best variant) fp32 and bf16 autocast, v1 fp32, and optionally the torch
-     reference scan (--torch-ref; ~100 s per step).
+     the baseline, ours (best tiles) fp32 and bf16 autocast, and optionally the torch reference scan
+     (--torch-ref; ~100 s per step).
 The run is time-boxed (--budget seconds): phases that would not fit are recorded as skipped.
 Prints a table last and writes gpu-<date><--tag>.json under --out.
 """
@@ -39,17 +39,17 @@ from ssl_mamba.ops.triton_ss2d import set_block_config, ss2d_scan_triton  # noqa
 RESULTS = {}
 _BUILD = {}
 _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
-# v1 as shipped before the variants: no prefetch, dB/dC by atomics, one channel tile.
-V1 = dict(block_t=16, block_d=16, bwd_block_d=16, fwd_warps=4, bwd_warps=4, prefetch=False, atomic_bc=True)
-SWEEP = [V1,  # in priority order: the time box drops the tail
-         dict(V1, prefetch=True, atomic_bc=False, bwd_block_d=8),
-         dict(V1, prefetch=True, atomic_bc=False),
-         dict(V1, prefetch=True),
-         dict(V1, atomic_bc=False),
-         dict(V1, prefetch=True, atomic_bc=False, bwd_block_d=8, bwd_warps=2),
-         dict(V1, prefetch=True, atomic_bc=False, block_t=8, bwd_block_d=8),
-         dict(V1, prefetch=True, atomic_bc=False, block_d=32, bwd_block_d=8),
-         dict(V1, prefetch=True, atomic_bc=False, block_t=32, bwd_block_d=8, bwd_warps=8)]
+# v4 (sequential per-step scan, pipelined loads): the default first, as the control of the sweep.
+DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=32, stages=3)
+SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
+         dict(DEFAULT, block_d=16),
+         dict(DEFAULT, block_d=64, fwd_warps=2, bwd_warps=2),
+         dict(DEFAULT, stages=2),
+         dict(DEFAULT, stages=4),
+         dict(DEFAULT, chunk=64),
+         dict(DEFAULT, chunk=16),
+         dict(DEFAULT, block_d=8),
+         dict(DEFAULT, block_d=64)]
 
 
 def time_left() -> float:
@@ -57,8 +57,7 @@ def time_left() -> float:
 
 
 def cfg_key(cfg: dict) -> str:
-    return (f"t{cfg['block_t']}_d{cfg['block_d']}_bd{cfg['bwd_block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}"
-            f"_pf{int(cfg['prefetch'])}_at{int(cfg['atomic_bc'])}")
+    return f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
 
 
 def save(out_dir: Path) -> None:
@@ -204,6 +203,27 @@ def op_bench(backend: str, dtype, ins, gy) -> dict:
     return {"fwd_ms": median(cuda_time(fwd, 3, 20)), "fwd_bwd_ms": median(cuda_time(fwd_bwd, 3, 20))}
 
 
+def kernel_bench(ins, gy) -> dict:
+    """The fused kernels alone (no projections, casts or dB/dC partial sum): forward, and forward +
+    backward through the autograd Function, on prepared fp32 inputs."""
+    x, xpw, dtw, dtb, A_logs, Ds = ins
+    b, h, w, d = x.shape
+    n, r = A_logs.shape[1], dtw.shape[2]
+    x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, xpw).contiguous()
+    dts = torch.einsum("bhwkr,kdr->bhwkd", x_dbl[..., :r], dtw).contiguous()
+    A_t = (-torch.exp(A_logs)).view(4, d, n).transpose(1, 2).contiguous()
+    args = [t.detach().requires_grad_() for t in (x, dts, x_dbl, A_t, Ds.float(), dtb.reshape(-1).float())]
+
+    def fwd():
+        with torch.no_grad():
+            triton_ss2d._SS2DScanFn.apply(*args)
+
+    def fwd_bwd():
+        triton_ss2d._SS2DScanFn.apply(*args).backward(gy)
+
+    return {"fwd_ms": median(cuda_time(fwd, 3, 20)), "fwd_bwd_ms": median(cuda_time(fwd_bwd, 3, 20))}
+
+
 def op_floor_bytes(b, h, w, d, n, r, elt: int) -> int:
     """Fewest bytes the fused forward must move: x, dt (4D per position), B/C/dt_raw, y."""
     pos = b * h * w
@@ -326,7 +346,7 @@ def main() -> None:
     RESULTS["commit"] = args.commit
     RESULTS["date"] = datetime.date.today().isoformat()
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
-    set_block_config(**SWEEP[1])
+    set_block_config(**DEFAULT)
     phase("correctness", check_correctness, out_dir)
     shape = (24, 56, 56, 192, 16, 6)
     ins = scan_inputs(*shape)
@@ -336,10 +356,7 @@ def main() -> None:
     phase("correctness_best", check_correctness, out_dir)
     phase("op_triton_fp32", lambda: op_bench("triton", torch.float32, ins, gy), out_dir)
     phase("op_triton_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir)
-    best = dict(triton_ss2d._CONFIG)
-    set_block_config(**V1)
-    phase("op_v1_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir, 200)
-    set_block_config(**best)
+    phase("op_kernels_fp32", lambda: kernel_bench(ins, gy), out_dir, 60)
     builder.join(timeout=max(time_left() - 150, 1))
     RESULTS["mamba_ssm_build"] = {k: v for k, v in _BUILD.items() if k != "fn"}
     print("build:", RESULTS["mamba_ssm_build"], flush=True)
@@ -353,9 +370,6 @@ def main() -> None:
             phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir, need)
-        if batch == 24:
-            phase("model_b24_v1_fp32", lambda: model_bench("triton", False, 24, cfg=V1), out_dir, need)
-            phase("model_b24_v1_bf16", lambda: model_bench("triton", True, 24, cfg=V1), out_dir, need + 20)
     if args.torch_ref:
         phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir, 300)
     summarize(shape, out_dir)
@@ -379,7 +393,7 @@ def summarize(shape, out_dir: Path) -> None:
     print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'infer img/s':>11s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
-        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "v1_fp32", "v1_bf16", "torchref_fp32"):
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
@@ -394,7 +408,7 @@ def summarize(shape, out_dir: Path) -> None:
         if isinstance(val, dict) and "fwd_ms" in val:
             print(f"sweep {key:29s} fwd {val['fwd_ms']:7.3f} ms  fwd+bwd {val['fwd_bwd_ms']:7.3f} ms")
     print("best", sweep.get("best"))
-    for key in ("op_triton_fp32", "op_triton_bf16", "op_v1_bf16", "op_mamba_ssm_fp32"):
+    for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
     print("correctness", json.dumps(r.get("correctness"))[:600])
 

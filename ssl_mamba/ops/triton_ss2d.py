@@ -96,9 +96,12 @@ if triton is not None:
         """One step's inputs at flat position p: u, delta = softplus(dt + bias) (BD,), B, C (BN,)."""
         u = tl.load(x_ptr + p * D + offs_d, mask=mask_d, other=0.0)
         dr = tl.load(dt_ptr + (p * 4 + k) * D + offs_d, mask=mask_d, other=0.0) + bias
+        # B and C as one (BN, 2) tile split in registers: one coalesced 2N-wide load that the
+        # pipeliner stages in shared memory, instead of every lane fetching all of B and C.
         bc = bc_ptr + p * (4 * (R + 2 * N)) + k * (R + 2 * N) + R
-        Bt = tl.load(bc + offs_n, mask=mask_n, other=0.0)
-        Ct = tl.load(bc + N + offs_n, mask=mask_n, other=0.0)
+        both = tl.load(bc + offs_n[:, None] + N * tl.arange(0, 2)[None, :], mask=mask_n[:, None],
+                       other=0.0)
+        Bt, Ct = tl.split(both)
         return u, dr, Bt, Ct
 
     @triton.jit
