@@ -40,16 +40,13 @@ RESULTS = {}
 _BUILD = {}
 _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # v4 (sequential per-step scan, pipelined loads): the default first, as the control of the sweep.
-DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=32, stages=3)
+DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=32, stages=4)
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
-         dict(DEFAULT, block_d=16),
-         dict(DEFAULT, block_d=64, fwd_warps=2, bwd_warps=2),
-         dict(DEFAULT, stages=2),
-         dict(DEFAULT, stages=4),
-         dict(DEFAULT, chunk=64),
+         dict(DEFAULT, stages=3),
          dict(DEFAULT, chunk=16),
-         dict(DEFAULT, block_d=8),
-         dict(DEFAULT, block_d=64)]
+         dict(DEFAULT, chunk=64),
+         dict(DEFAULT, block_d=16),
+         dict(DEFAULT, block_d=64, fwd_warps=2, bwd_warps=2)]
 
 
 def time_left() -> float:
@@ -204,15 +201,15 @@ def op_bench(backend: str, dtype, ins, gy) -> dict:
 
 
 def kernel_bench(ins, gy) -> dict:
-    """The fused kernels alone (no projections, casts or dB/dC partial sum): forward, and forward +
-    backward through the autograd Function, on prepared fp32 inputs."""
+    """The fused kernels alone (no x_dbl projection, casts or partial sums outside the Function's
+    kernels): forward, and forward + backward through the autograd Function, on fp32 inputs."""
     x, xpw, dtw, dtb, A_logs, Ds = ins
     b, h, w, d = x.shape
-    n, r = A_logs.shape[1], dtw.shape[2]
+    n = A_logs.shape[1]
     x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, xpw).contiguous()
-    dts = torch.einsum("bhwkr,kdr->bhwkd", x_dbl[..., :r], dtw).contiguous()
     A_t = (-torch.exp(A_logs)).view(4, d, n).transpose(1, 2).contiguous()
-    args = [t.detach().requires_grad_() for t in (x, dts, x_dbl, A_t, Ds.float(), dtb.reshape(-1).float())]
+    dtw_t = dtw.transpose(1, 2).contiguous()
+    args = [t.detach().requires_grad_() for t in (x, x_dbl, A_t, dtw_t, Ds.float(), dtb.reshape(-1).float())]
 
     def fwd():
         with torch.no_grad():
@@ -222,6 +219,45 @@ def kernel_bench(ins, gy) -> dict:
         triton_ss2d._SS2DScanFn.apply(*args).backward(gy)
 
     return {"fwd_ms": median(cuda_time(fwd, 3, 20)), "fwd_bwd_ms": median(cuda_time(fwd_bwd, 3, 20))}
+
+
+def profile_step(bf16: bool, batch: int = 24, top: int = 25) -> dict:
+    """Where a Mamba-UNet train step's GPU time goes (ours): torch.profiler over 3 steps, the top
+    kernels by total CUDA time, names shortened."""
+    import ssl_mamba.layers.ss2d as ss2d_mod
+    from torch.profiler import ProfilerActivity, profile
+    from ssl_mamba.models import create_model
+    ss2d_mod.ss2d_scan = lambda *a, backend=None: ss2d_scan_triton(*a)
+    torch.manual_seed(0)
+    net = create_model("mamba_unet", num_classes=4).cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    img = torch.randn(batch, 1, 224, 224, device="cuda")
+    lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = dice_ce(net(img).float(), lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        cuda_us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if cuda_us:
+            rows.append((ev.key[:90], round(cuda_us / 3e3, 3), ev.count // 3))
+    rows.sort(key=lambda r: -r[1])
+    del net, opt
+    torch.cuda.empty_cache()
+    return {"total_ms_per_step": round(sum(r[1] for r in rows), 2),
+            "top": [{"kernel": k, "ms_per_step": ms, "calls_per_step": c} for k, ms, c in rows[:top]]}
 
 
 def op_floor_bytes(b, h, w, d, n, r, elt: int) -> int:
@@ -370,6 +406,8 @@ def main() -> None:
             phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir, need)
+    phase("profile_b24_ours_fp32", lambda: profile_step(False), out_dir, 25)
+    phase("profile_b24_ours_bf16", lambda: profile_step(True), out_dir, 25)
     if args.torch_ref:
         phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir, 300)
     summarize(shape, out_dir)
@@ -411,6 +449,12 @@ def summarize(shape, out_dir: Path) -> None:
     for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
     print("correctness", json.dumps(r.get("correctness"))[:600])
+    for key in ("profile_b24_ours_fp32", "profile_b24_ours_bf16"):
+        prof = r.get(key, {})
+        if "top" in prof:
+            print(f"{key}: {prof['total_ms_per_step']} ms of kernels per step")
+            for row in prof["top"][:18]:
+                print(f"  {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<4d} {row['kernel'][:80]}")
 
 
 if __name__ == "__main__":

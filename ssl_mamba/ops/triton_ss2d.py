@@ -4,10 +4,12 @@
 what `ssl_mamba.ops.ss2d_scan` computes (see reference-original.md section 1.4), without building
 the (B, 4, D, L) cross-scan copies:
 
-* The projections x -> (dt_raw, B, C) and dt_raw -> dt are position-wise, so they run as torch
-  matmuls on the un-permuted (B, H, W, .) layout (they follow autocast like any matmul).
+* The projection x -> (dt_raw, B, C) is position-wise, so it runs as one torch matmul on the
+  un-permuted (B, H, W, .) layout (it follows autocast like any matmul).  The dt projection
+  dt_raw (R) -> dt (D) runs inside the kernels (R FMAs per channel and step), so the (B, H, W, 4, D)
+  dt tensor and its gradient never exist in memory.
 * One kernel program owns (batch b, direction k, a block of channels).  It walks direction k's
-  order over the H*W positions by index arithmetic, one step per loop iteration, with the state
+  order over the H*W positions by index arithmetic, two steps per loop iteration, with the state
   h (N, channels) in registers: the channels across lanes, the N states inside each thread, so the
   recurrence h = exp(delta A) h + delta B u and the output sum over N need no cross-lane traffic.
   The per-step loads (u, dt, B, C of the next steps) are software-pipelined by Triton's cp.async
@@ -19,9 +21,10 @@ the (B, 4, D, L) cross-scan copies:
 * Forward saves only the state entering each chunk of `chunk` steps.  Backward walks the chunks in
   reverse: pass 1 recomputes the chunk's states from its checkpoint into a per-program scratch
   (each element written and read back by the same thread), pass 2 walks the chunk backwards with
-  the adjoint g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t, reusing the decay it computed one step
-  earlier.  dB/dC (sums over the channels) are written as one partial per channel block and summed
-  by torch; dx is summed over the directions with fp32 atomics.
+  the adjoint g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t, carrying the decayed adjoint so each
+  decay is computed once.  The gradients of dt_raw, B and C (sums over the channels) are written as
+  one partial per channel block and summed by torch; dx is summed over the directions with fp32
+  atomics; the parameters' gradients are reduced in registers and added once per program.
 
 History and measurements of earlier designs (chunked associative scans): benchmarks/NOTES-gpu.md.
 
@@ -45,13 +48,14 @@ except ImportError:  # pragma: no cover - triton ships with torch's CUDA wheels 
     tl = None
 
 K_DIRECTIONS = 4
-# Tunables (the benchmark may override them through `set_block_config`):
+# Tunables (the benchmark may override them through `set_block_config`); the defaults are the
+# fastest of the H200 sweep (benchmarks/NOTES-gpu.md).
 # block_d: channels per program; with one warp, 32 // block_d lanes share a channel's d_state
 #   (block_d=32: one lane per channel holding all N states; 16: two lanes, N/2 states each, ...).
 # fwd_warps / bwd_warps: warps per program.  chunk: steps between the forward's state checkpoints
 #   (the backward recomputes one chunk at a time into a per-program scratch).  stages: software-
 #   pipelining depth of the per-step loads (Triton's cp.async pipeliner; 1 = no pipelining).
-_CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 32, "stages": 3}
+_CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 32, "stages": 4}
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
@@ -82,6 +86,12 @@ if triton is not None:
         return tl.where((k % 2) == 1, (s % H) * W + s // H, s)  # 1, 3 walk column-major: s = w*H + h
 
     @triton.jit
+    def _and(mask, valid):
+        """mask & a scalar validity flag.  (The `!= 0` keeps the result boolean under Triton's CPU
+        interpreter, which otherwise widens a scalar-broadcast `&` to an integer mask.)"""
+        return (mask & valid) != 0
+
+    @triton.jit
     def _softplus(x):
         """softplus with torch's threshold 20, accurate log1p for small exp(x)."""
         e = tl.exp(tl.minimum(x, 20.0))
@@ -91,26 +101,13 @@ if triton is not None:
         return tl.where(x > 20.0, x, lp)
 
     @triton.jit
-    def _load_step(x_ptr, dt_ptr, bc_ptr, bias, p, k, D, R, offs_d, mask_d, offs_n, mask_n,
-                   N: tl.constexpr):
-        """One step's inputs at flat position p: u, delta = softplus(dt + bias) (BD,), B, C (BN,)."""
-        u = tl.load(x_ptr + p * D + offs_d, mask=mask_d, other=0.0)
-        dr = tl.load(dt_ptr + (p * 4 + k) * D + offs_d, mask=mask_d, other=0.0) + bias
-        # B and C as one (BN, 2) tile split in registers: one coalesced 2N-wide load that the
-        # pipeliner stages in shared memory, instead of every lane fetching all of B and C.
-        bc = bc_ptr + p * (4 * (R + 2 * N)) + k * (R + 2 * N) + R
-        both = tl.load(bc + offs_n[:, None] + N * tl.arange(0, 2)[None, :], mask=mask_n[:, None],
-                       other=0.0)
-        Bt, Ct = tl.split(both)
-        return u, dr, Bt, Ct
-
-    @triton.jit
-    def _program_setup(a_ptr, ds_ptr, bias_ptr, D, N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
-        """What both kernels derive from the program id: batch b, direction k, the channel/state
-        offsets and masks, and this block's fp32 A * log2(e) (BN, BD), D skip and dt bias (BD,).
-        A arrives transposed, (4, N, D), so that every (BN, BD) access is contiguous along the
-        channels and Triton lays the state out with the channels across lanes, N inside threads."""
+    def _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+        """What every kernel derives from the program id: batch b, direction k, the offsets and
+        masks, and this block's fp32 parameters: A * log2(e) (BN, BD), the dt projection (BR, BD),
+        the D skip and the dt bias (BD,).  A and the dt projection arrive transposed, (4, N, D) and
+        (4, R, D), so every (., BD) access is contiguous along the channels and Triton lays the
+        state out with the channels across lanes and N inside each thread."""
         pid_bk = tl.program_id(0)
         b = pid_bk // 4
         k = pid_bk % 4
@@ -118,41 +115,117 @@ if triton is not None:
         mask_d = offs_d < D
         offs_n = tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
+        offs_r = tl.arange(0, BLOCK_R)
+        mask_r = offs_r < R
         mask_nd = mask_n[:, None] & mask_d[None, :]
         A2 = tl.load(a_ptr + (k * N + offs_n[:, None]) * D + offs_d[None, :], mask=mask_nd,
                      other=0.0) * 1.4426950408889634
+        dtw = tl.load(dtw_ptr + (k * R + offs_r[:, None]) * D + offs_d[None, :],
+                      mask=mask_r[:, None] & mask_d[None, :], other=0.0)
         dskip = tl.load(ds_ptr + k * D + offs_d, mask=mask_d, other=0.0)
         bias = tl.load(bias_ptr + k * D + offs_d, mask=mask_d, other=0.0)
-        return b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, A2, dskip, bias
+        return b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias
 
     @triton.jit
-    def _ss2d_fwd_kernel(x_ptr, dt_ptr, bc_ptr, a_ptr, ds_ptr, bias_ptr, y_ptr, hs_ptr, D, R,
+    def _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R, offs_d, mask_d, offs_n, mask_n,
+                     offs_r, mask_r, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
+        """Step t's flat position p and inputs: u (BD,), dt_raw (BR,), B, C (BN,), the pre-softplus
+        dt_raw @ dt_proj + bias (BD,) and delta.  An invalid step (past either end) reads zeros and
+        gets delta = 0, which makes it an exact identity for the state and the adjoint."""
+        p = b * H * W + _position(tl.minimum(t, H * W - 1), k, H, W)
+        u = tl.load(x_ptr + p * D + offs_d, mask=_and(mask_d, valid), other=0.0)
+        row = xdbl_ptr + p * (4 * (R + 2 * N)) + k * (R + 2 * N)
+        xr = tl.load(row + offs_r, mask=_and(mask_r, valid), other=0.0)
+        # B and C as one (BN, 2) tile split in registers: one coalesced 2N-wide load that the
+        # pipeliner stages in shared memory, instead of every lane fetching all of B and C.
+        both = tl.load(row + R + offs_n[:, None] + N * tl.arange(0, 2)[None, :],
+                       mask=_and(mask_n, valid)[:, None], other=0.0)
+        Bt, Ct = tl.split(both)
+        dr = tl.sum(dtw * xr[:, None], axis=0) + bias  # the dt projection, R FMAs per channel
+        delta = tl.where(valid, _softplus(dr), 0.0)
+        return p, u, xr, Bt, Ct, dr, delta
+
+    @triton.jit
+    def _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, valid, D, R, offs_d, mask_d,
+                  offs_n, mask_n, offs_r, mask_r, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
+        """h_t = exp(delta A) h_{t-1} + delta B u; adds y_t = C h_t + D u into the merged output."""
+        p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
+                                                   offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+        h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
+        y = tl.sum(h * Ct[:, None], axis=0) + dskip * u
+        tl.atomic_add(y_ptr + p * D + offs_d, y, mask=_and(mask_d, valid), sem="relaxed")
+        return h
+
+    @triton.jit
+    def _ss2d_fwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, y_ptr, hs_ptr, D, R,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr):
-        b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, A2, dskip, bias = _program_setup(
-            a_ptr, ds_ptr, bias_ptr, D, N, BLOCK_D, BLOCK_N)
+                         BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
+                         STAGES: tl.constexpr):
+        b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
+            _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
         NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
         hs_base = hs_ptr + tl.program_id(0) * NCHUNK * N * D + offs_n[:, None] * D + offs_d[None, :]
         h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for t in tl.range(0, L, num_stages=STAGES):
-            p = b * L + _position(t, k, H, W)
-            u, dr, Bt, Ct = _load_step(x_ptr, dt_ptr, bc_ptr, bias, p, k, D, R, offs_d, mask_d,
-                                       offs_n, mask_n, N)
-            if t % CHUNK == 0:  # checkpoint: the state entering this chunk
+        # Two steps per iteration, so one step's softplus and loads overlap the other's recurrence.
+        for t in tl.range(0, L, 2, num_stages=STAGES):
+            if t % CHUNK == 0:  # checkpoint: the state entering this chunk (CHUNK is even)
                 tl.store(hs_base + (t // CHUNK) * N * D, h, mask=mask_nd)
-            delta = _softplus(dr)
-            h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
-            y = tl.sum(h * Ct[:, None], axis=0) + dskip * u
-            tl.atomic_add(y_ptr + p * D + offs_d, y, mask=mask_d, sem="relaxed")
+            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, t < L, D, R, offs_d,
+                          mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t + 1, t + 1 < L, D, R,
+                          offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
 
     @triton.jit
-    def _ss2d_bwd_kernel(x_ptr, dt_ptr, bc_ptr, a_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, scr_ptr,
-                         dx_ptr, ddt_ptr, dbc_ptr, da_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
+    def _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t, j, valid, D, R, offs_d, mask_d,
+                        offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                        H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
+        """Backward pass 1: one step of the state recurrence, the state saved as scratch row j."""
+        p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
+                                                   offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+        h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
+        tl.store(scr + j * BLOCK_N * BLOCK_D, h, mask=_and(mask_n[:, None] & mask_d[None, :], valid))
+        return h
+
+    @triton.jit
+    def _adjoint_step(x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
+                      ddtw_acc, A2, dtw, dskip, bias, b, k, t, j, valid, pid_d, NPOS, D, R, offs_d, mask_d,
+                      offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
+        """Backward pass 2: one step of the reverse walk.  q carries exp(delta_{t+1} A) g_{t+1}, so
+        g_t = q + C_t dy_t and the next q is exp(delta_t A) g_t (an identity on invalid steps)."""
+        p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
+                                                   offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+        m_d = _and(mask_d, valid)
+        gy = tl.load(gy_ptr + p * D + offs_d, mask=m_d, other=0.0)
+        h = tl.load(scr + j * BLOCK_N * BLOCK_D, mask=(mask_n[:, None] & m_d[None, :]), other=0.0)
+        du = delta * u
+        g = q + Ct[:, None] * gy[None, :]
+        gah = g * (h - du[None, :] * Bt[:, None])  # g_t * exp(delta_t A) h_{t-1}
+        gB = tl.sum(g * Bt[:, None], axis=0)
+        ddr = (gB * u + tl.sum(gah * A2, axis=0) * 0.6931471805599453) * tl.sigmoid(dr)
+        ddr = tl.where(m_d, ddr, 0.0)
+        dA_acc += gah * delta[None, :]
+        dD_acc += gy * u
+        dbias_acc += ddr
+        ddtw_acc += xr[:, None] * ddr[None, :]
+        q = tl.exp2(delta[None, :] * A2) * g
+        tl.atomic_add(dx_ptr + p * D + offs_d, gB * delta + dskip * gy, mask=m_d, sem="relaxed")
+        # This channel block's share of d x_dbl (sums over the channels), layout (n_dblocks, B*L, 4, R+2N).
+        part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (R + 2 * N)
+        tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
+        tl.store(part + R + offs_n, tl.sum(g * du[None, :], axis=1), mask=_and(mask_n, valid))
+        tl.store(part + R + N + offs_n, tl.sum(h * gy[None, :], axis=1), mask=_and(mask_n, valid))
+        return q, dA_acc, dD_acc, dbias_acc, ddtw_acc
+
+    @triton.jit
+    def _ss2d_bwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, scr_ptr,
+                         dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr):
-        b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, A2, dskip, bias = _program_setup(
-            a_ptr, ds_ptr, bias_ptr, D, N, BLOCK_D, BLOCK_N)
+                         BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
+                         STAGES: tl.constexpr):
+        b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
+            _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
         NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
         pid_d = tl.program_id(1)
@@ -162,54 +235,39 @@ if triton is not None:
         prog = tl.program_id(0) * tl.num_programs(1) + pid_d
         scr = scr_ptr + prog * CHUNK * BLOCK_N * BLOCK_D + offs_n[:, None] * BLOCK_D + \
             tl.arange(0, BLOCK_D)[None, :]
-        A = A2 * 0.6931471805599453
-        g = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # dLoss/dh at the step after the current
-        a_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # exp(delta A) of that step
+        q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        ddtw_acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for ci in range(NCHUNK):
-            c = NCHUNK - 1 - ci
-            t0 = c * CHUNK
+            t0 = (NCHUNK - 1 - ci) * CHUNK
             n_t = tl.minimum(CHUNK, L - t0)
             # Pass 1: recompute the chunk's states from its checkpoint into the scratch.
-            h = tl.load(hs_base + c * N * D, mask=mask_nd, other=0.0)
-            for j in tl.range(0, n_t, num_stages=STAGES):
-                p = b * L + _position(t0 + j, k, H, W)
-                u, dr, Bt, Ct = _load_step(x_ptr, dt_ptr, bc_ptr, bias, p, k, D, R, offs_d, mask_d,
-                                           offs_n, mask_n, N)
-                delta = _softplus(dr)
-                h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
-                tl.store(scr + j * BLOCK_N * BLOCK_D, h)
+            h = tl.load(hs_base + (t0 // CHUNK) * N * D, mask=mask_nd, other=0.0)
+            for j in tl.range(0, n_t, 2, num_stages=STAGES):
+                h = _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t0 + j, j, j < n_t, D, R,
+                                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N)
+                h = _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t0 + j + 1, j + 1,
+                                    j + 1 < n_t, D, R, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r,
+                                    BLOCK_N, BLOCK_D, H, W, N)
             tl.debug_barrier()
-            # Pass 2: walk the chunk backwards with the adjoint g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t.
-            for jr in tl.range(0, n_t, num_stages=STAGES):
+            # Pass 2: walk the chunk backwards (pairs from its end; the pair's second step is
+            # invalid when the chunk has an odd length).
+            for jr in tl.range(0, n_t, 2, num_stages=STAGES):
                 j = n_t - 1 - jr
-                p = b * L + _position(t0 + j, k, H, W)
-                u, dr, Bt, Ct = _load_step(x_ptr, dt_ptr, bc_ptr, bias, p, k, D, R, offs_d, mask_d,
-                                           offs_n, mask_n, N)
-                gy = tl.load(gy_ptr + p * D + offs_d, mask=mask_d, other=0.0)
-                h = tl.load(scr + j * BLOCK_N * BLOCK_D)
-                delta = _softplus(dr)
-                du = delta * u
-                g = a_next * g + Ct[:, None] * gy[None, :]
-                ah_prev = h - du[None, :] * Bt[:, None]  # exp(delta_t A) h_{t-1}
-                gah = g * ah_prev
-                gB = tl.sum(g * Bt[:, None], axis=0)
-                ddr = (gB * u + tl.sum(gah * A, axis=0)) * tl.sigmoid(dr)
-                dA_acc += gah * delta[None, :]
-                dD_acc += gy * u
-                dbias_acc += ddr
-                a_next = tl.exp2(delta[None, :] * A2)
-                tl.atomic_add(dx_ptr + p * D + offs_d, gB * delta + dskip * gy, mask=mask_d,
-                              sem="relaxed")
-                tl.store(ddt_ptr + (p * 4 + k) * D + offs_d, ddr, mask=mask_d)
-                # This channel block's share of dB/dC (sums over the channels), layout (n_dblocks, B*L, 4, 2N).
-                part = dbc_ptr + ((pid_d * NPOS + p) * 4 + k) * (2 * N) + offs_n
-                tl.store(part, tl.sum(g * du[None, :], axis=1), mask=mask_n)
-                tl.store(part + N, tl.sum(h * gy[None, :], axis=1), mask=mask_n)
+                q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
+                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
+                    ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j, j, j >= 0, pid_d, NPOS, D, R, offs_d,
+                    mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N)
+                q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
+                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
+                    ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j - 1, j - 1, j >= 1, pid_d, NPOS, D, R,
+                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N)
             tl.debug_barrier()  # the next chunk's pass 1 overwrites the scratch
         tl.atomic_add(da_ptr + (k * N + offs_n[:, None]) * D + offs_d[None, :], dA_acc, mask=mask_nd)
+        tl.atomic_add(ddtw_ptr + (k * R + offs_r[:, None]) * D + offs_d[None, :], ddtw_acc,
+                      mask=mask_r[:, None] & mask_d[None, :])
         tl.atomic_add(dds_ptr + k * D + offs_d, dD_acc, mask=mask_d)
         tl.atomic_add(dbias_ptr + k * D + offs_d, dbias_acc, mask=mask_d)
 
@@ -223,59 +281,55 @@ def _check_runnable(x: torch.Tensor) -> None:
                         "set TRITON_INTERPRET=1 before importing triton to run it on the CPU")
 
 
-def _launch_shape(b: int, d: int, n: int) -> Tuple[tuple, int, int]:
-    """Launch grid (B*4, channel blocks), the channel tile and the (power-of-two) state tile."""
+def _launch_shape(b: int, d: int, n: int, r: int) -> Tuple[tuple, int, int, int]:
+    """Launch grid (B*4, channel blocks), the channel tile and the (power-of-two) N and R tiles."""
     block_d = _CONFIG["block_d"]
-    return (b * K_DIRECTIONS, triton.cdiv(d, block_d)), block_d, max(triton.next_power_of_2(n), 2)
+    grid = (b * K_DIRECTIONS, triton.cdiv(d, block_d))
+    return grid, block_d, max(triton.next_power_of_2(n), 2), max(triton.next_power_of_2(r), 2)
 
 
 class _SS2DScanFn(torch.autograd.Function):
-    """Cross-scan + selective scan + merge over prepared per-position inputs (all fp32).
+    """Cross-scan + dt projection + selective scan + merge over prepared inputs (all fp32).
 
-    x: (B, H, W, D); dts: (B, H, W, 4, D) pre-bias dt; x_dbl: (B, H, W, 4, R + 2N) whose last
-    2N columns are B and C; A_t: (4, N, D) (-exp(A_logs), transposed); ds, bias: (4D,).
+    x: (B, H, W, D); x_dbl: (B, H, W, 4, R + 2N) = (dt_raw, B, C) per direction; A_t: (4, N, D)
+    (-exp(A_logs), transposed); dtw_t: (4, R, D) (dt_projs_weight, transposed); ds, bias: (4D,).
     """
 
     @staticmethod
-    def forward(ctx, x, dts, x_dbl, A_t, ds, bias):  # noqa: D401 - autograd signature
+    def forward(ctx, x, x_dbl, A_t, dtw_t, ds, bias):  # noqa: D401 - autograd signature
         b, h, w, d = x.shape
-        n = A_t.shape[1]
-        r = x_dbl.shape[-1] - 2 * n
-        grid, bd, bn = _launch_shape(b, d, n)
+        n, r = A_t.shape[1], dtw_t.shape[1]
+        grid, bd, bn, br = _launch_shape(b, d, n, r)
         chunk = _CONFIG["chunk"]
         y = torch.zeros(b, h, w, d, device=x.device, dtype=torch.float32)
         hs = torch.empty(b * K_DIRECTIONS, triton.cdiv(h * w, chunk), n, d, device=x.device,
                          dtype=torch.float32)
-        _ss2d_fwd_kernel[grid](x, dts, x_dbl, A_t, ds, bias, y, hs, d, r, H=h, W=w, N=n,
-                               BLOCK_D=bd, BLOCK_N=bn, CHUNK=chunk, STAGES=_CONFIG["stages"],
+        _ss2d_fwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, y, hs, d, r, H=h, W=w, N=n, BLOCK_D=bd,
+                               BLOCK_N=bn, BLOCK_R=br, CHUNK=chunk, STAGES=_CONFIG["stages"],
                                num_warps=_CONFIG["fwd_warps"])
-        ctx.save_for_backward(x, dts, x_dbl, A_t, ds, bias, hs)
+        ctx.save_for_backward(x, x_dbl, A_t, dtw_t, ds, bias, hs)
         ctx.chunk = chunk
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, dts, x_dbl, A_t, ds, bias, hs = ctx.saved_tensors
+        x, x_dbl, A_t, dtw_t, ds, bias, hs = ctx.saved_tensors
         b, h, w, d = x.shape
-        n = A_t.shape[1]
-        r = x_dbl.shape[-1] - 2 * n
+        n, r = A_t.shape[1], dtw_t.shape[1]
         chunk = ctx.chunk  # the checkpoints' spacing, fixed by the forward
-        grid, bd, bn = _launch_shape(b, d, n)
+        grid, bd, bn, br = _launch_shape(b, d, n, r)
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
         dx = torch.zeros(x.shape, **f32)
-        ddt = torch.empty_like(dts)
-        dbc = torch.empty(grid[1], b * h * w, K_DIRECTIONS, 2 * n, **f32)  # per-channel-block partials
+        # d x_dbl as one partial per channel block (each element written once), summed below.
+        dpart = torch.empty(grid[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
         scratch = torch.empty(grid[0] * grid[1], chunk, bn, bd, **f32)
-        dA = torch.zeros(A_t.shape, **f32)
-        dds = torch.zeros(ds.shape, **f32)
-        dbias = torch.zeros(bias.shape, **f32)
-        _ss2d_bwd_kernel[grid](x, dts, x_dbl, A_t, ds, bias, hs, gy, scratch, dx, ddt, dbc, dA, dds,
-                               dbias, d, r, b * h * w, H=h, W=w, N=n, BLOCK_D=bd, BLOCK_N=bn,
+        dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in (A_t, dtw_t, ds, bias))
+        _ss2d_bwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, scratch, dx, dpart, dA, ddtw, dds,
+                               dbias, d, r, b * h * w, H=h, W=w, N=n, BLOCK_D=bd, BLOCK_N=bn, BLOCK_R=br,
                                CHUNK=chunk, STAGES=_CONFIG["stages"], num_warps=_CONFIG["bwd_warps"])
-        dbc_sum = dbc.sum(0).view(b, h, w, K_DIRECTIONS, 2 * n)  # sum over the channel blocks
-        dbc = torch.cat([torch.zeros(b, h, w, K_DIRECTIONS, r, **f32), dbc_sum], dim=-1)
-        return dx, ddt, dbc, dA, dds, dbias
+        dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
+        return dx, dx_dbl, dA, ddtw, dds, dbias
 
 
 def _check_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
@@ -309,15 +363,14 @@ def ss2d_scan_triton(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weig
     """
     _check_runnable(x)
     _check_shapes(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    r = dt_projs_weight.shape[-1]
-    x = x.contiguous()
-    x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, x_proj_weight).contiguous()  # (B, H, W, 4, R+2N)
-    dts = torch.einsum("bhwkr,kdr->bhwkd", x_dbl[..., :r], dt_projs_weight).contiguous()  # (B, H, W, 4, D)
-    d, n = x.shape[3], A_logs.shape[1]
+    d, n, r = x.shape[3], A_logs.shape[1], dt_projs_weight.shape[-1]
+    x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, x_proj_weight)  # (B, H, W, 4, R+2N): dt_raw, B, C
     # The kernels compute in fp32 and read fp32 (bf16 inputs are widened once here: the per-step
-    # loads are pipelined with cp.async, which needs >= 4 bytes per lane).  Autograd maps the
-    # gradients back to the inputs' dtypes through these casts.
+    # loads are pipelined with cp.async, which needs >= 4 bytes per lane).  The dt projection
+    # (R -> D per direction) runs inside the kernels.  Autograd maps the gradients back to the
+    # inputs' dtypes and layouts through these casts and transposes.
     A_t = (-torch.exp(A_logs.float())).view(K_DIRECTIONS, d, n).transpose(1, 2).contiguous()
-    y = _SS2DScanFn.apply(x.float(), dts.float(), x_dbl.float(), A_t, Ds.float(),
+    dtw_t = dt_projs_weight.float().transpose(1, 2).contiguous()  # (4, R, D)
+    y = _SS2DScanFn.apply(x.float().contiguous(), x_dbl.float().contiguous(), A_t, dtw_t, Ds.float(),
                           dt_projs_bias.float().reshape(-1))
     return y.to(x.dtype)
