@@ -40,12 +40,12 @@ RESULTS = {}
 _BUILD = {}
 _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # v4 (sequential per-step scan, pipelined loads): the default first, as the control of the sweep.
-DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=32, stages=4)
+DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False)
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
+         dict(DEFAULT, atomic_merge=True),
          dict(DEFAULT, stages=3),
-         dict(DEFAULT, chunk=16),
-         dict(DEFAULT, chunk=64),
-         dict(DEFAULT, block_d=16),
+         dict(DEFAULT, chunk=32),
+         dict(DEFAULT, block_d=64),
          dict(DEFAULT, block_d=64, fwd_warps=2, bwd_warps=2)]
 
 
@@ -54,7 +54,8 @@ def time_left() -> float:
 
 
 def cfg_key(cfg: dict) -> str:
-    return f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
+    return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
+            f"_at{int(cfg['atomic_merge'])}")
 
 
 def save(out_dir: Path) -> None:

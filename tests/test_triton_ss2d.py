@@ -96,11 +96,12 @@ SCRIPT = textwrap.dedent('''
     out = {}
     # odd sizes: batch 1, H != W, L = 15 not a multiple of the chunk, D = 12 not a multiple of the
     # channel tile, N = 4 (state tile padded to... itself, and to 8 below)
-    set_block_config(block_d=8, chunk=4, stages=2)
+    set_block_config(block_d=8, chunk=4, stages=2, atomic_merge=False)
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
     out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
-    # same sizes, one channel block with masked lanes, one chunk longer than the sequence, no pipelining
-    set_block_config(block_d=16, chunk=16, stages=1)
+    # same sizes, one channel block with masked lanes, one chunk longer than the sequence, no
+    # pipelining, directions merged by atomics
+    set_block_config(block_d=16, chunk=16, stages=1, atomic_merge=True)
     out["fp32_odd_partials"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
     # several chunks, d_state 16, batch 2, W > H, two channel blocks

@@ -16,15 +16,14 @@ the (B, 4, D, L) cross-scan copies:
   pipeliner, so their latency overlaps the math of the current step.  softplus(dt + bias) is
   computed inside; A, D and the dt bias are fp32; all arithmetic and the kernels' inputs are fp32
   (bf16 activations are widened once on the way in).
-* The four directions are summed into the output with fp32 atomic adds, so the merged y is the
-  only output written.
+* The four directions' outputs are stored in a (B, H, W, 4, D) buffer and summed by torch (or,
+  with `atomic_merge`, added into y with fp32 atomics; see the benchmark notes for which is faster).
 * Forward saves only the state entering each chunk of `chunk` steps.  Backward walks the chunks in
   reverse: pass 1 recomputes the chunk's states from its checkpoint into a per-program scratch
   (each element written and read back by the same thread), pass 2 walks the chunk backwards with
   the adjoint g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t, carrying the decayed adjoint so each
   decay is computed once.  The gradients of dt_raw, B and C (sums over the channels) are written as
-  one partial per channel block and summed by torch; dx is summed over the directions with fp32
-  atomics; the parameters' gradients are reduced in registers and added once per program.
+  one partial per channel block and summed by torch; dx is merged over the directions like y; the parameters' gradients are reduced in registers and added once per program.
 
 History and measurements of earlier designs (chunked associative scans): benchmarks/NOTES-gpu.md.
 
@@ -55,12 +54,14 @@ K_DIRECTIONS = 4
 # fwd_warps / bwd_warps: warps per program.  chunk: steps between the forward's state checkpoints
 #   (the backward recomputes one chunk at a time into a per-program scratch).  stages: software-
 #   pipelining depth of the per-step loads (Triton's cp.async pipeliner; 1 = no pipelining).
-_CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 32, "stages": 4}
+# atomic_merge: sum the four directions' y (and dx) with fp32 atomics instead of per-direction
+#   buffers summed by torch.
+_CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0}
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
-                     stages: Optional[int] = None) -> dict:
+                     stages: Optional[int] = None, atomic_merge: Optional[bool] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
@@ -73,6 +74,8 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
         if not 1 <= stages <= 8:
             raise UserError(f"triton_ss2d: stages={stages} must be between 1 and 8")
         _CONFIG["stages"] = int(stages)
+    if atomic_merge is not None:
+        _CONFIG["atomic_merge"] = int(bool(atomic_merge))
     return old
 
 
@@ -90,6 +93,15 @@ if triton is not None:
         """mask & a scalar validity flag.  (The `!= 0` keeps the result boolean under Triton's CPU
         interpreter, which otherwise widens a scalar-broadcast `&` to an integer mask.)"""
         return (mask & valid) != 0
+
+    @triton.jit
+    def _merge_out(ptr, val, p, k, D, offs_d, mask, ATOMIC: tl.constexpr):
+        """A per-direction row (BD,) of y or dx at position p: fp32 atomic add into the (B*L, D)
+        sum, or a plain store into slot k of a (B*L, 4, D) buffer (summed over k by torch)."""
+        if ATOMIC:
+            tl.atomic_add(ptr + p * D + offs_d, val, mask=mask, sem="relaxed")
+        else:
+            tl.store(ptr + (p * 4 + k) * D + offs_d, val, mask=mask)
 
     @triton.jit
     def _softplus(x):
@@ -147,20 +159,22 @@ if triton is not None:
 
     @triton.jit
     def _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, valid, D, R, offs_d, mask_d,
-                  offs_n, mask_n, offs_r, mask_r, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
-        """h_t = exp(delta A) h_{t-1} + delta B u; adds y_t = C h_t + D u into the merged output."""
+                  offs_n, mask_n, offs_r, mask_r, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr,
+                  ATOMIC: tl.constexpr):
+        """h_t = exp(delta A) h_{t-1} + delta B u; y_t = C h_t + D u is added into the merged output
+        (ATOMIC) or stored in this direction's slot of a (B*L, 4, D) buffer that torch sums."""
         p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
                                                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
         h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
         y = tl.sum(h * Ct[:, None], axis=0) + dskip * u
-        tl.atomic_add(y_ptr + p * D + offs_d, y, mask=_and(mask_d, valid), sem="relaxed")
+        _merge_out(y_ptr, y, p, k, D, offs_d, _and(mask_d, valid), ATOMIC)
         return h
 
     @triton.jit
     def _ss2d_fwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, y_ptr, hs_ptr, D, R,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         STAGES: tl.constexpr):
+                         STAGES: tl.constexpr, ATOMIC: tl.constexpr):
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
             _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
@@ -172,9 +186,9 @@ if triton is not None:
             if t % CHUNK == 0:  # checkpoint: the state entering this chunk (CHUNK is even)
                 tl.store(hs_base + (t // CHUNK) * N * D, h, mask=mask_nd)
             h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, t < L, D, R, offs_d,
-                          mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+                          mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N, ATOMIC)
             h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t + 1, t + 1 < L, D, R,
-                          offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+                          offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N, ATOMIC)
 
     @triton.jit
     def _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t, j, valid, D, R, offs_d, mask_d,
@@ -191,7 +205,7 @@ if triton is not None:
     def _adjoint_step(x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                       ddtw_acc, A2, dtw, dskip, bias, b, k, t, j, valid, pid_d, NPOS, D, R, offs_d, mask_d,
                       offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
+                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, ATOMIC: tl.constexpr):
         """Backward pass 2: one step of the reverse walk.  q carries exp(delta_{t+1} A) g_{t+1}, so
         g_t = q + C_t dy_t and the next q is exp(delta_t A) g_t (an identity on invalid steps)."""
         p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
@@ -210,7 +224,7 @@ if triton is not None:
         dbias_acc += ddr
         ddtw_acc += xr[:, None] * ddr[None, :]
         q = tl.exp2(delta[None, :] * A2) * g
-        tl.atomic_add(dx_ptr + p * D + offs_d, gB * delta + dskip * gy, mask=m_d, sem="relaxed")
+        _merge_out(dx_ptr, gB * delta + dskip * gy, p, k, D, offs_d, m_d, ATOMIC)
         # This channel block's share of d x_dbl (sums over the channels), layout (n_dblocks, B*L, 4, R+2N).
         part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (R + 2 * N)
         tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
@@ -223,7 +237,7 @@ if triton is not None:
                          dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         STAGES: tl.constexpr):
+                         STAGES: tl.constexpr, ATOMIC: tl.constexpr):
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
             _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
@@ -259,11 +273,11 @@ if triton is not None:
                 q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
                     x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                     ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j, j, j >= 0, pid_d, NPOS, D, R, offs_d,
-                    mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N)
+                    mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC)
                 q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
                     x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                     ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j - 1, j - 1, j >= 1, pid_d, NPOS, D, R,
-                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N)
+                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC)
             tl.debug_barrier()  # the next chunk's pass 1 overwrites the scratch
         tl.atomic_add(da_ptr + (k * N + offs_n[:, None]) * D + offs_d[None, :], dA_acc, mask=mask_nd)
         tl.atomic_add(ddtw_ptr + (k * R + offs_r[:, None]) * D + offs_d[None, :], ddtw_acc,
@@ -301,15 +315,17 @@ class _SS2DScanFn(torch.autograd.Function):
         n, r = A_t.shape[1], dtw_t.shape[1]
         grid, bd, bn, br = _launch_shape(b, d, n, r)
         chunk = _CONFIG["chunk"]
-        y = torch.zeros(b, h, w, d, device=x.device, dtype=torch.float32)
+        atomic = bool(_CONFIG["atomic_merge"])
+        f32 = dict(device=x.device, dtype=torch.float32)
+        y = torch.zeros(b, h, w, d, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         hs = torch.empty(b * K_DIRECTIONS, triton.cdiv(h * w, chunk), n, d, device=x.device,
                          dtype=torch.float32)
         _ss2d_fwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, y, hs, d, r, H=h, W=w, N=n, BLOCK_D=bd,
                                BLOCK_N=bn, BLOCK_R=br, CHUNK=chunk, STAGES=_CONFIG["stages"],
-                               num_warps=_CONFIG["fwd_warps"])
+                               ATOMIC=atomic, num_warps=_CONFIG["fwd_warps"])
         ctx.save_for_backward(x, x_dbl, A_t, dtw_t, ds, bias, hs)
         ctx.chunk = chunk
-        return y
+        return y if atomic else y.sum(3)
 
     @staticmethod
     def backward(ctx, gy):
@@ -320,16 +336,18 @@ class _SS2DScanFn(torch.autograd.Function):
         grid, bd, bn, br = _launch_shape(b, d, n, r)
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
-        dx = torch.zeros(x.shape, **f32)
+        atomic = bool(_CONFIG["atomic_merge"])
+        dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         # d x_dbl as one partial per channel block (each element written once), summed below.
         dpart = torch.empty(grid[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
         scratch = torch.empty(grid[0] * grid[1], chunk, bn, bd, **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in (A_t, dtw_t, ds, bias))
         _ss2d_bwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, scratch, dx, dpart, dA, ddtw, dds,
                                dbias, d, r, b * h * w, H=h, W=w, N=n, BLOCK_D=bd, BLOCK_N=bn, BLOCK_R=br,
-                               CHUNK=chunk, STAGES=_CONFIG["stages"], num_warps=_CONFIG["bwd_warps"])
+                               CHUNK=chunk, STAGES=_CONFIG["stages"], ATOMIC=atomic,
+                               num_warps=_CONFIG["bwd_warps"])
         dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
-        return dx, dx_dbl, dA, ddtw, dds, dbias
+        return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
 
 def _check_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
