@@ -95,8 +95,8 @@ SCRIPT = textwrap.dedent('''
     assert not torch.cuda.is_available(), "the interpreter check must run on CPU tensors"
     out = {}
     # odd sizes: batch 1, H != W, L = 15 not a multiple of the chunk, D = 12 not a multiple of the
-    # channel tile, N = 4 (state tile padded to... itself, and to 8 below)
-    set_block_config(block_d=8, chunk=4, stages=2, atomic_merge=False)
+    # channel tile, N = 4; automatic segments (here one per chunk, the last one 3 steps long)
+    set_block_config(block_d=8, chunk=4, stages=2, atomic_merge=False, segments=0)
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
     out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     # same sizes, one channel block with masked lanes, one chunk longer than the sequence, no
@@ -104,8 +104,8 @@ SCRIPT = textwrap.dedent('''
     set_block_config(block_d=16, chunk=16, stages=1, atomic_merge=True)
     out["fp32_odd_partials"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
-    # several chunks, d_state 16, batch 2, W > H, two channel blocks
-    set_block_config(block_d=8, chunk=8, stages=3)
+    # several chunks, d_state 16, batch 2, W > H, two channel blocks, two segments of 3 and 2 chunks
+    set_block_config(block_d=8, chunk=4, stages=3, segments=2)
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)

@@ -56,12 +56,16 @@ K_DIRECTIONS = 4
 #   pipelining depth of the per-step loads (Triton's cp.async pipeliner; 1 = no pipelining).
 # atomic_merge: sum the four directions' y (and dx) with fp32 atomics instead of per-direction
 #   buffers summed by torch.
-_CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0}
+# segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
+_CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
+           "segments": 0}
+_TARGET_PROGRAMS = 2048  # ~4 one-warp programs per scheduler on a 132-SM H100/H200
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
-                     stages: Optional[int] = None, atomic_merge: Optional[bool] = None) -> dict:
+                     stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
+                     segments: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
@@ -76,6 +80,10 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
         _CONFIG["stages"] = int(stages)
     if atomic_merge is not None:
         _CONFIG["atomic_merge"] = int(bool(atomic_merge))
+    if segments is not None:
+        if segments < 0:
+            raise UserError(f"triton_ss2d: segments={segments} must be >= 0 (0: automatic)")
+        _CONFIG["segments"] = int(segments)
     return old
 
 
@@ -171,24 +179,76 @@ if triton is not None:
         return h
 
     @triton.jit
-    def _ss2d_fwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, y_ptr, hs_ptr, D, R,
+    def _segment(L: tl.constexpr, SEG: tl.constexpr):
+        """This program's segment of the sequence, [t_start, t_end) (program axis 2)."""
+        t_start = tl.program_id(2) * SEG
+        return t_start, tl.minimum(t_start + SEG, L)
+
+    @triton.jit
+    def _ss2d_fwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hin_ptr, y_ptr, hs_ptr, D, R,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         STAGES: tl.constexpr, ATOMIC: tl.constexpr):
+                         SEG: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr):
+        """Scan one segment from its entering state (hin, from the state pre-pass; zero for the
+        first segment), writing y and the state checkpoint at each chunk start."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
             _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
         NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
-        hs_base = hs_ptr + tl.program_id(0) * NCHUNK * N * D + offs_n[:, None] * D + offs_d[None, :]
-        h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        NSEG: tl.constexpr = (L + SEG - 1) // SEG
+        t_start, t_end = _segment(L, SEG)
+        nd_off = offs_n[:, None] * D + offs_d[None, :]
+        hs_base = hs_ptr + tl.program_id(0) * NCHUNK * N * D + nd_off
+        if NSEG > 1:
+            h = tl.load(hin_ptr + (tl.program_id(0) * NSEG + tl.program_id(2)) * N * D + nd_off,
+                        mask=mask_nd, other=0.0)
+        else:
+            h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         # Two steps per iteration, so one step's softplus and loads overlap the other's recurrence.
-        for t in tl.range(0, L, 2, num_stages=STAGES):
+        for t in tl.range(t_start, t_end, 2, num_stages=STAGES):
             if t % CHUNK == 0:  # checkpoint: the state entering this chunk (CHUNK is even)
                 tl.store(hs_base + (t // CHUNK) * N * D, h, mask=mask_nd)
-            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, t < L, D, R, offs_d,
+            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, t < t_end, D, R, offs_d,
                           mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N, ATOMIC)
-            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t + 1, t + 1 < L, D, R,
+            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t + 1, t + 1 < t_end, D, R,
                           offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N, ATOMIC)
+
+    @triton.jit
+    def _segment_prepass_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, gy_ptr, out_ptr,
+                                dsum_ptr, D, R, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr,
+                                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                                SEG: tl.constexpr, STAGES: tl.constexpr, REVERSE: tl.constexpr):
+        """Per segment, the linear map that carries a state across it, for the cheap sequential
+        fix-up between segments (torch) that lets all segments run in parallel.
+
+        Forward (REVERSE=0): the segment's end state from a zero entering state.  Backward
+        (REVERSE=1): the decayed adjoint q leaving the segment's first step, from a zero q entering
+        at its last step (q_{t-1} = exp(delta_t A) (q_t + C_t dy_t)).  Both: sum of delta over the
+        segment (BD,), so the segment's total decay is exp(A * sum)."""
+        b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
+            _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
+        L: tl.constexpr = H * W
+        NSEG: tl.constexpr = (L + SEG - 1) // SEG
+        t_start, t_end = _segment(L, SEG)
+        v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for i in tl.range(0, t_end - t_start, num_stages=STAGES):
+            if REVERSE:
+                t = t_end - 1 - i
+            else:
+                t = t_start + i
+            p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, t < t_end, D, R,
+                                                       offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
+            a = tl.exp2(delta[None, :] * A2)
+            if REVERSE:
+                gy = tl.load(gy_ptr + p * D + offs_d, mask=mask_d, other=0.0)
+                v = a * (v + Ct[:, None] * gy[None, :])
+            else:
+                v = a * v + (delta * u)[None, :] * Bt[:, None]
+            dsum += delta
+        seg = tl.program_id(0) * NSEG + tl.program_id(2)
+        tl.store(out_ptr + seg * N * D + offs_n[:, None] * D + offs_d[None, :], v, mask=mask_nd)
+        tl.store(dsum_ptr + seg * D + offs_d, dsum, mask=mask_d)
 
     @triton.jit
     def _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t, j, valid, D, R, offs_d, mask_d,
@@ -233,29 +293,39 @@ if triton is not None:
         return q, dA_acc, dD_acc, dbias_acc, ddtw_acc
 
     @triton.jit
-    def _ss2d_bwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, scr_ptr,
+    def _ss2d_bwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr_ptr,
                          dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         STAGES: tl.constexpr, ATOMIC: tl.constexpr):
+                         SEG: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr):
+        """The backward of one segment, its chunks in reverse, from the decayed adjoint entering at
+        its end (qin, from the adjoint pre-pass; zero for the last segment)."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
             _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
         NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
         pid_d = tl.program_id(1)
         hs_base = hs_ptr + tl.program_id(0) * NCHUNK * N * D + offs_n[:, None] * D + offs_d[None, :]
+        NSEG: tl.constexpr = (L + SEG - 1) // SEG
+        CPS: tl.constexpr = SEG // CHUNK  # chunks per segment
         # This program's scratch: the states of one chunk, (CHUNK, BN, BD), each element written and
         # read back by the same thread.
-        prog = tl.program_id(0) * tl.num_programs(1) + pid_d
+        prog = (tl.program_id(0) * tl.num_programs(1) + pid_d) * NSEG + tl.program_id(2)
         scr = scr_ptr + prog * CHUNK * BLOCK_N * BLOCK_D + offs_n[:, None] * BLOCK_D + \
             tl.arange(0, BLOCK_D)[None, :]
-        q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        if NSEG > 1:
+            q = tl.load(qin_ptr + (tl.program_id(0) * NSEG + tl.program_id(2)) * N * D + offs_n[:, None] * D +
+                        offs_d[None, :], mask=mask_nd, other=0.0)
+        else:
+            q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         ddtw_acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for ci in range(NCHUNK):
-            t0 = (NCHUNK - 1 - ci) * CHUNK
+        c_first = tl.program_id(2) * CPS
+        n_chunks = tl.minimum(CPS, NCHUNK - c_first)
+        for ci in range(n_chunks):
+            t0 = (c_first + n_chunks - 1 - ci) * CHUNK
             n_t = tl.minimum(CHUNK, L - t0)
             # Pass 1: recompute the chunk's states from its checkpoint into the scratch.
             h = tl.load(hs_base + (t0 // CHUNK) * N * D, mask=mask_nd, other=0.0)
@@ -295,11 +365,37 @@ def _check_runnable(x: torch.Tensor) -> None:
                         "set TRITON_INTERPRET=1 before importing triton to run it on the CPU")
 
 
-def _launch_shape(b: int, d: int, n: int, r: int) -> Tuple[tuple, int, int, int]:
-    """Launch grid (B*4, channel blocks), the channel tile and the (power-of-two) N and R tiles."""
-    block_d = _CONFIG["block_d"]
-    grid = (b * K_DIRECTIONS, triton.cdiv(d, block_d))
-    return grid, block_d, max(triton.next_power_of_2(n), 2), max(triton.next_power_of_2(r), 2)
+def _launch_shape(b: int, d: int, n: int, r: int, length: int) -> dict:
+    """Grid (B*4, channel blocks, segments), tiles, chunk and segment length for one launch.
+
+    Segments: the sequence is cut into SEG-step pieces scanned in parallel (after a cheap
+    pre-pass and fix-up), so that small batches and the first stage still give the GPU several
+    warps per scheduler.  `segments` 0 picks enough for ~2048 programs."""
+    block_d, chunk = _CONFIG["block_d"], _CONFIG["chunk"]
+    base = b * K_DIRECTIONS * triton.cdiv(d, block_d)
+    n_chunks = triton.cdiv(length, chunk)
+    want = _CONFIG["segments"] or triton.cdiv(_TARGET_PROGRAMS, base)
+    seg = triton.cdiv(n_chunks, max(1, min(want, n_chunks))) * chunk
+    n_seg = triton.cdiv(length, seg)
+    return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), block_d=block_d, chunk=chunk,
+                seg=seg, n_seg=n_seg, block_n=max(triton.next_power_of_2(n), 2),
+                block_r=max(triton.next_power_of_2(r), 2))
+
+
+def _carry_across_segments(local: torch.Tensor, dsum: torch.Tensor, A_t: torch.Tensor,
+                           reverse: bool) -> torch.Tensor:
+    """The value entering each segment, from each segment's local map v_out = P v_in + local with
+    P = exp(A * sum of delta): a sequential loop over the (few) segments, vectorised over the rest.
+
+    local: (B*4, S, N, D); dsum: (B*4, S, D); A_t: (4, N, D).  Returns (B*4, S, N, D)."""
+    decay = torch.exp(A_t.repeat(local.shape[0] // K_DIRECTIONS, 1, 1)[:, None] * dsum[:, :, None, :])
+    entering = torch.zeros_like(local)
+    n_seg = local.shape[1]
+    order = range(n_seg - 2, -1, -1) if reverse else range(1, n_seg)
+    for s in order:
+        prev = s + 1 if reverse else s - 1
+        entering[:, s] = decay[:, prev] * entering[:, prev] + local[:, prev]
+    return entering
 
 
 class _SS2DScanFn(torch.autograd.Function):
@@ -313,18 +409,24 @@ class _SS2DScanFn(torch.autograd.Function):
     def forward(ctx, x, x_dbl, A_t, dtw_t, ds, bias):  # noqa: D401 - autograd signature
         b, h, w, d = x.shape
         n, r = A_t.shape[1], dtw_t.shape[1]
-        grid, bd, bn, br = _launch_shape(b, d, n, r)
-        chunk = _CONFIG["chunk"]
+        ls = _launch_shape(b, d, n, r, h * w)
         atomic = bool(_CONFIG["atomic_merge"])
         f32 = dict(device=x.device, dtype=torch.float32)
+        tiles = dict(H=h, W=w, N=n, BLOCK_D=ls["block_d"], BLOCK_N=ls["block_n"], BLOCK_R=ls["block_r"],
+                     SEG=ls["seg"], STAGES=_CONFIG["stages"], num_warps=_CONFIG["fwd_warps"])
+        h_in = x  # unused placeholder when there is one segment
+        if ls["n_seg"] > 1:
+            ends = torch.empty(b * K_DIRECTIONS, ls["n_seg"], n, d, **f32)
+            dsum = torch.empty(b * K_DIRECTIONS, ls["n_seg"], d, **f32)
+            _segment_prepass_kernel[ls["grid"]](x, x_dbl, A_t, dtw_t, ds, bias, x, ends, dsum, d, r,
+                                                REVERSE=False, **tiles)
+            h_in = _carry_across_segments(ends, dsum, A_t, reverse=False)
         y = torch.zeros(b, h, w, d, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
-        hs = torch.empty(b * K_DIRECTIONS, triton.cdiv(h * w, chunk), n, d, device=x.device,
-                         dtype=torch.float32)
-        _ss2d_fwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, y, hs, d, r, H=h, W=w, N=n, BLOCK_D=bd,
-                               BLOCK_N=bn, BLOCK_R=br, CHUNK=chunk, STAGES=_CONFIG["stages"],
-                               ATOMIC=atomic, num_warps=_CONFIG["fwd_warps"])
+        hs = torch.empty(b * K_DIRECTIONS, triton.cdiv(h * w, ls["chunk"]), n, d, **f32)
+        _ss2d_fwd_kernel[ls["grid"]](x, x_dbl, A_t, dtw_t, ds, bias, h_in, y, hs, d, r, CHUNK=ls["chunk"],
+                                     ATOMIC=atomic, **tiles)
         ctx.save_for_backward(x, x_dbl, A_t, dtw_t, ds, bias, hs)
-        ctx.chunk = chunk
+        ctx.layout = (ls["chunk"], ls["seg"])
         return y if atomic else y.sum(3)
 
     @staticmethod
@@ -332,20 +434,30 @@ class _SS2DScanFn(torch.autograd.Function):
         x, x_dbl, A_t, dtw_t, ds, bias, hs = ctx.saved_tensors
         b, h, w, d = x.shape
         n, r = A_t.shape[1], dtw_t.shape[1]
-        chunk = ctx.chunk  # the checkpoints' spacing, fixed by the forward
-        grid, bd, bn, br = _launch_shape(b, d, n, r)
+        ls = _launch_shape(b, d, n, r, h * w)
+        if (ls["chunk"], ls["seg"]) != ctx.layout:
+            raise UserError(f"triton_ss2d: chunk/segment layout changed from {ctx.layout} to "
+                            f"{(ls['chunk'], ls['seg'])} between forward and backward")
+        grid, chunk, bd, bn = ls["grid"], ls["chunk"], ls["block_d"], ls["block_n"]
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
         atomic = bool(_CONFIG["atomic_merge"])
         dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         # d x_dbl as one partial per channel block (each element written once), summed below.
         dpart = torch.empty(grid[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
-        scratch = torch.empty(grid[0] * grid[1], chunk, bn, bd, **f32)
+        scratch = torch.empty(grid[0] * grid[1] * grid[2], chunk, bn, bd, **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in (A_t, dtw_t, ds, bias))
-        _ss2d_bwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, scratch, dx, dpart, dA, ddtw, dds,
-                               dbias, d, r, b * h * w, H=h, W=w, N=n, BLOCK_D=bd, BLOCK_N=bn, BLOCK_R=br,
-                               CHUNK=chunk, STAGES=_CONFIG["stages"], ATOMIC=atomic,
-                               num_warps=_CONFIG["bwd_warps"])
+        tiles = dict(H=h, W=w, N=n, BLOCK_D=bd, BLOCK_N=bn, BLOCK_R=ls["block_r"], SEG=ls["seg"],
+                     STAGES=_CONFIG["stages"], num_warps=_CONFIG["bwd_warps"])
+        q_in = gy  # unused placeholder when there is one segment
+        if ls["n_seg"] > 1:
+            local = torch.empty(b * K_DIRECTIONS, ls["n_seg"], n, d, **f32)
+            dsum = torch.empty(b * K_DIRECTIONS, ls["n_seg"], d, **f32)
+            _segment_prepass_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, gy, local, dsum, d, r,
+                                          REVERSE=True, **tiles)
+            q_in = _carry_across_segments(local, dsum, A_t, reverse=True)
+        _ss2d_bwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, q_in, scratch, dx, dpart, dA, ddtw,
+                               dds, dbias, d, r, b * h * w, CHUNK=chunk, ATOMIC=atomic, **tiles)
         dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
