@@ -43,11 +43,8 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0)
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
          dict(DEFAULT, segments=1),
-         dict(DEFAULT, segments=2),
-         dict(DEFAULT, segments=8),
-         dict(DEFAULT, chunk=32),
-         dict(DEFAULT, stages=3),
-         dict(DEFAULT, atomic_merge=True)]
+         dict(DEFAULT, segments=16),
+         dict(DEFAULT, stages=3)]
 
 
 def time_left() -> float:
@@ -282,7 +279,7 @@ def sweep_tiles(ins, gy) -> dict:
             res[cfg_key(cfg)] = {"error": str(exc)[:300]}
     ok = {cfg_key(c): c for c in SWEEP if "fwd_bwd_ms" in res[cfg_key(c)]}
     best = min(ok, key=lambda k: res[k]["fwd_bwd_ms"])
-    set_block_config(**ok[best])
+    set_block_config(**DEFAULT)  # the model runs use the defaults (segments adapt per layer)
     res["best"] = best
     res["best_config"] = ok[best]
     return res
@@ -343,11 +340,18 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
             net(img)
 
     inf_ms = median(cuda_time(infer, warm, max(iters // 2, 3)))
+    one = img[:1]
+
+    def infer_one():  # evaluation in SSL4MIS style runs one slice at a time
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            net(one)
+
+    inf1_ms = median(cuda_time(infer_one, warm, max(iters // 2, 3)))
     ms = median(times)
     del net, opt
     torch.cuda.empty_cache()
     return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak,
-            "infer_img_s": batch * 1000 / inf_ms, "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
+            "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
 
 def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
@@ -408,6 +412,9 @@ def main() -> None:
             phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir, need)
+        if batch == 24:
+            phase("model_b24_ours_fp32_seg1", lambda: model_bench("triton", False, 24, cfg=dict(DEFAULT, segments=1)),
+                  out_dir, need)
     phase("profile_b24_ours_fp32", lambda: profile_step(False), out_dir, 25)
     phase("profile_b24_ours_bf16", lambda: profile_step(True), out_dir, 25)
     if args.torch_ref:
@@ -430,10 +437,11 @@ def summarize(shape, out_dir: Path) -> None:
             r[key]["fwd_gbps"] = op_floor_bytes(*shape, elt) / get(key, "fwd_ms") / 1e6
     save(out_dir)
     print(f"\ncard {r['card']}  commit {r['commit']}  copy {r.get('copy_gbps')} GB/s  tiles {r.get('tile_config')}")
-    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'infer img/s':>11s} {'x base':>7s}")
+    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'infer img/s':>11s} "
+          f"{'x base':>7s} {'b1 img/s':>9s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
-        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "torchref_fp32"):
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
@@ -441,8 +449,9 @@ def summarize(shape, out_dir: Path) -> None:
                 continue
             tr = m["train_img_s"] / base["train_img_s"] if "train_img_s" in base else float("nan")
             ir = m["infer_img_s"] / base["infer_img_s"] if "infer_img_s" in base else float("nan")
+            i1 = m["infer_b1_img_s"] / base["infer_b1_img_s"] if "infer_b1_img_s" in base else float("nan")
             print(f"b{batch} {v:30s} {m['train_ms']:9.1f} {m['train_img_s']:8.1f} {tr:7.2f} {m['peak_gib']:9.2f} "
-                  f"{m['infer_img_s']:11.1f} {ir:7.2f}")
+                  f"{m['infer_img_s']:11.1f} {ir:7.2f} {m['infer_b1_img_s']:9.1f} {i1:7.2f}")
     sweep = r.get("tile_sweep_fp32", {})
     for key, val in sweep.items():
         if isinstance(val, dict) and "fwd_ms" in val:

@@ -59,7 +59,7 @@ K_DIRECTIONS = 4
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0}
-_TARGET_PROGRAMS = 2048  # ~4 one-warp programs per scheduler on a 132-SM H100/H200
+_TARGET_PROGRAMS = 4096  # ~8 one-warp programs per scheduler on a 132-SM H100/H200
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
@@ -183,6 +183,30 @@ if triton is not None:
         """This program's segment of the sequence, [t_start, t_end) (program axis 2)."""
         t_start = tl.program_id(2) * SEG
         return t_start, tl.minimum(t_start + SEG, L)
+
+    @triton.jit
+    def _carry_kernel(local_ptr, dsum_ptr, a_ptr, out_ptr, ND, D, NSEG, REVERSE: tl.constexpr,
+                      BLOCK: tl.constexpr):
+        """entering[s] = exp(A * dsum[prev]) * entering[prev] + local[prev], prev = s -+ 1, for a
+        block of (n, d) elements of one (batch, direction); entering is zero at the first segment
+        in scan order."""
+        bk = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < ND
+        A = tl.load(a_ptr + (bk % 4) * ND + offs, mask=mask, other=0.0)
+        v = tl.zeros((BLOCK,), dtype=tl.float32)
+        for i in range(NSEG):
+            if REVERSE:
+                s = NSEG - 1 - i
+                prev = s + 1
+            else:
+                s = i
+                prev = s - 1
+            if i > 0:
+                dsum = tl.load(dsum_ptr + (bk * NSEG + prev) * D + offs % D, mask=mask, other=0.0)
+                v = tl.exp(A * dsum) * v + tl.load(local_ptr + (bk * NSEG + prev) * ND + offs, mask=mask,
+                                                    other=0.0)
+            tl.store(out_ptr + (bk * NSEG + s) * ND + offs, v, mask=mask)
 
     @triton.jit
     def _ss2d_fwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hin_ptr, y_ptr, hs_ptr, D, R,
@@ -370,11 +394,11 @@ def _launch_shape(b: int, d: int, n: int, r: int, length: int) -> dict:
 
     Segments: the sequence is cut into SEG-step pieces scanned in parallel (after a cheap
     pre-pass and fix-up), so that small batches and the first stage still give the GPU several
-    warps per scheduler.  `segments` 0 picks enough for ~2048 programs."""
+    warps per scheduler.  `segments` 0 picks enough for ~_TARGET_PROGRAMS programs."""
     block_d, chunk = _CONFIG["block_d"], _CONFIG["chunk"]
     base = b * K_DIRECTIONS * triton.cdiv(d, block_d)
     n_chunks = triton.cdiv(length, chunk)
-    want = _CONFIG["segments"] or triton.cdiv(_TARGET_PROGRAMS, base)
+    want = _CONFIG["segments"] or triton.cdiv(_TARGET_PROGRAMS, base)  # 1 once the GPU is busy
     seg = triton.cdiv(n_chunks, max(1, min(want, n_chunks))) * chunk
     n_seg = triton.cdiv(length, seg)
     return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), block_d=block_d, chunk=chunk,
@@ -385,16 +409,14 @@ def _launch_shape(b: int, d: int, n: int, r: int, length: int) -> dict:
 def _carry_across_segments(local: torch.Tensor, dsum: torch.Tensor, A_t: torch.Tensor,
                            reverse: bool) -> torch.Tensor:
     """The value entering each segment, from each segment's local map v_out = P v_in + local with
-    P = exp(A * sum of delta): a sequential loop over the (few) segments, vectorised over the rest.
+    P = exp(A * sum of delta): one small kernel, a sequential loop over the segments per element.
 
     local: (B*4, S, N, D); dsum: (B*4, S, D); A_t: (4, N, D).  Returns (B*4, S, N, D)."""
-    decay = torch.exp(A_t.repeat(local.shape[0] // K_DIRECTIONS, 1, 1)[:, None] * dsum[:, :, None, :])
-    entering = torch.zeros_like(local)
-    n_seg = local.shape[1]
-    order = range(n_seg - 2, -1, -1) if reverse else range(1, n_seg)
-    for s in order:
-        prev = s + 1 if reverse else s - 1
-        entering[:, s] = decay[:, prev] * entering[:, prev] + local[:, prev]
+    bk, n_seg, n, d = local.shape
+    entering = torch.empty_like(local)
+    block = 256
+    _carry_kernel[(bk, triton.cdiv(n * d, block))](local, dsum, A_t, entering, n * d, d, n_seg,
+                                                   REVERSE=reverse, BLOCK=block)
     return entering
 
 
