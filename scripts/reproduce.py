@@ -8,12 +8,15 @@
 checkpoint, so a run cut off by a time limit continues exactly), evaluates it on the test split
 (`ssl-mamba evaluate`), and copies the light files of the run (resolved config, split, logs,
 metrics, figures; no checkpoints) into `results/<row>/` with a provenance.json (commit, card,
-wall time, data pack dtype, iterations, whether the schedule was shortened).
+wall time, data pack dtype, iterations, whether the schedule was shortened, and source_sha256, a
+fingerprint of the code that ran: `python scripts/reproduce.py source-hash` prints the current
+checkout's).
 `table` regenerates the table in results/README.md from the committed `results/*/` folders
 alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).
 """
 import argparse
 import concurrent.futures
+import hashlib
 import json
 import shutil
 import subprocess
@@ -26,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", "metrics.jsonl"]
+# The code a run executes: what `source_sha256` in provenance.json fingerprints.
+SOURCE_GLOBS = ["ssl_mamba/**/*.py", "methods/**/*.py", "configs/**/*.yaml", "scripts/*.py", "setup.py"]
 BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:end -->"
 
 
@@ -57,6 +62,21 @@ def train_and_evaluate(config: Path, runs: Path, overrides: List[str], log_dir: 
     return run_dir
 
 
+def source_sha256(root: Path = REPO) -> str:
+    """SHA-256 over the library's code and configs (sorted relative paths and contents).
+
+    `--commit` is only a label (the GPU machine's copy has no git history, and the copy is of the
+    working tree when the call was sent); this fingerprint says which code actually ran: check a
+    row with `git checkout <commit> && python scripts/reproduce.py source-hash`."""
+    digest = hashlib.sha256()
+    files = sorted({f for pattern in SOURCE_GLOBS for f in root.glob(pattern) if f.is_file()
+                    and "__pycache__" not in f.parts})
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def pack_dtype(data_root: str) -> Optional[str]:
     from ssl_mamba.data import open_dataset
 
@@ -64,7 +84,8 @@ def pack_dtype(data_root: str) -> Optional[str]:
     return meta.get("dtype") if meta.get("kind") == "pack" else None
 
 
-def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations: int) -> Path:
+def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations: int,
+            source: Optional[str] = None) -> Path:
     """Copy a finished run's light files into results/<name>/ with a provenance record."""
     from ssl_mamba.config import load_config
     from ssl_mamba.utils.io import atomic_write_json
@@ -83,6 +104,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
     summary = json.loads((run_dir / "summary.json").read_text())
     atomic_write_json(dest / "provenance.json", {
         "commit": commit or summary.get("git_commit"),
+        "source_sha256": source,
         "card": summary.get("device_name"),
         "torch": summary.get("torch_version"),
         "wall_time_s": summary.get("wall_time_s"),
@@ -102,6 +124,7 @@ def command_run(args: argparse.Namespace) -> None:
 
     runs, results = Path(args.runs), Path(args.results)
     runs.mkdir(parents=True, exist_ok=True)
+    source = source_sha256()  # taken before training: the code this invocation runs
     overrides = list(args.set)
     if args.iterations:
         overrides.append(f"train.max_iterations={args.iterations}")
@@ -115,7 +138,7 @@ def command_run(args: argparse.Namespace) -> None:
             except subprocess.CalledProcessError as exc:
                 print(f"FAILED {config}: {exc} (log: {runs / (row_name(config) + '.out')})", flush=True)
                 continue
-            print(f"published {publish(run_dir, results, args.commit, full[config])}", flush=True)
+            print(f"published {publish(run_dir, results, args.commit, full[config], source)}", flush=True)
 
 
 def provenance_table(rows: List[Path]) -> str:
@@ -164,8 +187,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")
     table = sub.add_parser("table", help="regenerate results/README.md's table from results/*/")
     table.add_argument("--results", default=str(REPO / "results"))
+    sub.add_parser("source-hash", help="print the fingerprint of this checkout's code (provenance source_sha256)")
     args = parser.parse_args(argv)
-    {"run": command_run, "table": command_table}[args.command](args)
+    commands = {"run": command_run, "table": command_table,
+                "source-hash": lambda _: print(source_sha256())}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
