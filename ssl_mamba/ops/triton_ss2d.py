@@ -12,18 +12,24 @@ the (B, 4, D, L) cross-scan copies:
   order over the H*W positions by index arithmetic, two steps per loop iteration, with the state
   h (N, channels) in registers: the channels across lanes, the N states inside each thread, so the
   recurrence h = exp(delta A) h + delta B u and the output sum over N need no cross-lane traffic.
-  The per-step loads (u, dt, B, C of the next steps) are software-pipelined by Triton's cp.async
+  The per-step loads (u, dt_raw, B, C of the next steps) are software-pipelined by Triton's cp.async
   pipeliner, so their latency overlaps the math of the current step.  softplus(dt + bias) is
   computed inside; A, D and the dt bias are fp32; all arithmetic and the kernels' inputs are fp32
   (bf16 activations are widened once on the way in).
 * The four directions' outputs are stored in a (B, H, W, 4, D) buffer and summed by torch (or,
   with `atomic_merge`, added into y with fp32 atomics; see the benchmark notes for which is faster).
+* Segments: the sequence is cut into pieces scanned by separate programs, so that the first stage
+  (few channels, long sequence) and small batches still give the GPU several warps per scheduler.
+  A pre-pass kernel computes each segment's local map (its end state from a zero state; in the
+  backward, the adjoint it passes on from a zero one) and its total decay exp(A * sum delta); one
+  small carry kernel chains them; then every segment runs from its entering value.
 * Forward saves only the state entering each chunk of `chunk` steps.  Backward walks the chunks in
   reverse: pass 1 recomputes the chunk's states from its checkpoint into a per-program scratch
   (each element written and read back by the same thread), pass 2 walks the chunk backwards with
   the adjoint g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t, carrying the decayed adjoint so each
   decay is computed once.  The gradients of dt_raw, B and C (sums over the channels) are written as
-  one partial per channel block and summed by torch; dx is merged over the directions like y; the parameters' gradients are reduced in registers and added once per program.
+  one partial per channel block and summed by torch; dx is merged over the directions like y; the
+  parameters' gradients are reduced in registers and added once per program.
 
 History and measurements of earlier designs (chunked associative scans): benchmarks/NOTES-gpu.md.
 
