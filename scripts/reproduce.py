@@ -1,7 +1,7 @@
 """Reproduce paper-table rows and assemble the results table.
 
     python scripts/reproduce.py run configs/acdc/fully_unet.yaml configs/acdc/semi_mamba_unet_7cases.yaml \
-        --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--commit HASH]
+        --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--seeds 1337 2 3] [--commit HASH]
     python scripts/reproduce.py table            # rewrites the table in results/README.md
 
 `run` trains each row (`ssl-mamba train`, resuming a row whose run directory already has a
@@ -38,18 +38,35 @@ def cli(*args: str) -> List[str]:
     return [sys.executable, "-m", "ssl_mamba.cli", *args]
 
 
-def row_name(config: Path) -> str:
+def run_name(config: Path, seed: Optional[int]) -> str:
+    """The run (and results/) folder of a row at a seed: the config's name at its own seed,
+    `<name>_seed<k>` at any other, so seeds of one row never share (or resume) a run."""
     from ssl_mamba.config import load_config
 
-    return load_config(config).name
+    cfg = load_config(config)
+    return cfg.name if seed is None or seed == cfg.train.seed else f"{cfg.name}_seed{seed}"
 
 
-def train_and_evaluate(config: Path, runs: Path, overrides: List[str], log_dir: Path) -> Path:
-    """Train (or resume) one row, then evaluate it; returns its run directory."""
-    name = row_name(config)
-    run_dir = runs / name
+def check_existing_run(run_dir: Path, seed: Optional[int]) -> None:
+    """Refuse to resume or reuse a run directory that was trained at another seed."""
+    from ssl_mamba.config import load_config
+
+    if seed is None or not (run_dir / "config.yaml").is_file():
+        return
+    had = load_config(run_dir / "config.yaml").train.seed
+    if had != seed:
+        raise SystemExit(f"{run_dir} holds a run at seed {had}, not {seed}: remove it or use another --runs")
+
+
+def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides: List[str],
+                       log_dir: Path) -> Path:
+    """Train (or resume) one row at one seed, then evaluate it; returns its run directory."""
+    run_dir = runs / run_name(config, seed)
+    check_existing_run(run_dir, seed)
+    if seed is not None:
+        overrides = overrides + [f"train.seed={seed}"]
     sets = [a for o in overrides for a in ("--set", o)]
-    log = (log_dir / f"{name}.out").open("a")
+    log = (log_dir / f"{run_dir.name}.out").open("a")
     if not (run_dir / "summary.json").is_file():
         if (run_dir / "last.pt").is_file():
             cmd = cli("train", "--resume", str(run_dir), "--no-progress")
@@ -129,14 +146,17 @@ def command_run(args: argparse.Namespace) -> None:
     if args.iterations:
         overrides.append(f"train.max_iterations={args.iterations}")
     full = {Path(c): load_config(c).train.max_iterations for c in args.configs}
+    jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(train_and_evaluate, Path(c), runs, overrides, runs): Path(c) for c in args.configs}
+        futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs): (config, seed)
+                   for config, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
-            config = futures[future]
+            config, seed = futures[future]
             try:
                 run_dir = future.result()
             except subprocess.CalledProcessError as exc:
-                print(f"FAILED {config}: {exc} (log: {runs / (row_name(config) + '.out')})", flush=True)
+                print(f"FAILED {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
+                      flush=True)
                 continue
             print(f"published {publish(run_dir, results, args.commit, full[config], source)}", flush=True)
 
@@ -181,6 +201,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("configs", nargs="+")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     run.add_argument("--iterations", type=int, help="shortened schedule (recorded as such in provenance.json)")
+    run.add_argument("--seeds", type=int, nargs="+", help="train each row at these seeds (the table shows mean ± std)")
     run.add_argument("--jobs", type=int, default=1, help="rows trained at once (they share the GPU)")
     run.add_argument("--runs", default="runs/reproduce")
     run.add_argument("--results", default=str(REPO / "results"))

@@ -62,3 +62,32 @@ def test_provenance_table_labels_shortened_schedules(reproduce):
                                         REPO / "results" / "acdc_fully_mamba_unet"])
     assert "| acdc_mt_unet_7cases | 2000 (shortened from 30000) |" in table
     assert "| acdc_fully_mamba_unet | 10000 |" in table
+
+
+def test_seeds_get_their_own_run_folders(reproduce):
+    config = REPO / "configs" / "acdc" / "mt_unet_7cases.yaml"
+    assert reproduce.run_name(config, None) == "acdc_mt_unet_7cases"
+    assert reproduce.run_name(config, 1337) == "acdc_mt_unet_7cases"  # the config's own seed
+    assert reproduce.run_name(config, 2) == "acdc_mt_unet_7cases_seed2"
+
+
+def test_a_run_folder_of_another_seed_is_never_resumed(reproduce, tmp_path):
+    run_dir = tmp_path / "acdc_mt_unet_7cases_seed2"
+    run_dir.mkdir()
+    shutil.copy(REPO / "results" / "acdc_mt_unet_7cases" / "config.yaml", run_dir / "config.yaml")  # seed 1337
+    reproduce.check_existing_run(run_dir, 1337)  # same seed: fine to resume
+    with pytest.raises(SystemExit, match="seed 1337, not 2"):
+        reproduce.check_existing_run(run_dir, 2)
+
+
+def test_seed_folders_of_a_row_pool_into_one_table_row(reproduce, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "acdc_fully_unet", results / "acdc_fully_unet")
+    shutil.copytree(REPO / "results" / "acdc_fully_unet", results / "acdc_fully_unet_seed2")
+    cfg = results / "acdc_fully_unet_seed2" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("seed: 1337", "seed: 2"))
+    (results / "README.md").write_text(f"# r\n\n{reproduce.BEGIN}\n{reproduce.END}\n")
+    reproduce.main(["table", "--results", str(results)])
+    capsys.readouterr()
+    ours = [line for line in (results / "README.md").read_text().splitlines() if "| ours |" in line]
+    assert len(ours) == 1 and "| ours | 2 |" in ours[0], ours
