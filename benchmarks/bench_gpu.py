@@ -40,8 +40,11 @@ RESULTS = {}
 _BUILD = {}
 _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # v4 (sequential per-step scan, pipelined loads): the default first, as the control of the sweep.
-DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0)
+DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
+               vector_steps=4)
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
+         dict(DEFAULT, vector_steps=8),
+         dict(DEFAULT, vector_steps=2),
          dict(DEFAULT, segments=1),
          dict(DEFAULT, segments=16),
          dict(DEFAULT, stages=3)]
@@ -53,7 +56,7 @@ def time_left() -> float:
 
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
-            f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}")
+            f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}")
 
 
 def save(out_dir: Path) -> None:

@@ -9,9 +9,12 @@ the (B, 4, D, L) cross-scan copies:
   dt_raw (R) -> dt (D) runs inside the kernels (R FMAs per channel and step), so the (B, H, W, 4, D)
   dt tensor and its gradient never exist in memory.
 * One kernel program owns (batch b, direction k, a block of channels).  It walks direction k's
-  order over the H*W positions by index arithmetic, two steps per loop iteration, with the state
+  order over the H*W positions by index arithmetic, with the state
   h (N, channels) in registers: the channels across lanes, the N states inside each thread, so the
   recurrence h = exp(delta A) h + delta B u and the output sum over N need no cross-lane traffic.
+  The forward and the pre-passes take `vector_steps` (T) steps per loop iteration: u, dt_raw, the
+  dt projection and softplus as (T, channels) tiles with T inside each thread, then the recurrence
+  step by step (the backward passes take two steps per iteration).
   The per-step loads (u, dt_raw, B, C of the next steps) are software-pipelined by Triton's cp.async
   pipeliner, so their latency overlaps the math of the current step.  softplus(dt + bias) is
   computed inside; A, D and the dt bias are fp32; all arithmetic and the kernels' inputs are fp32
@@ -63,19 +66,21 @@ K_DIRECTIONS = 4
 # atomic_merge: sum the four directions' y (and dx) with fp32 atomics instead of per-direction
 #   buffers summed by torch.
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
+# vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
+#   projection as (T, channels) tiles); 4 is chosen by instruction count (benchmarks/NOTES-gpu.md).
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
-           "segments": 0}
+           "segments": 0, "vector_steps": 4}
 _TARGET_PROGRAMS = 4096  # ~8 one-warp programs per scheduler on a 132-SM H100/H200
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
-                     segments: Optional[int] = None) -> dict:
+                     segments: Optional[int] = None, vector_steps: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
-                     ("chunk", chunk)):
+                     ("chunk", chunk), ("vector_steps", vector_steps)):
         if val is not None:
             if val <= 0 or val & (val - 1):
                 raise UserError(f"triton_ss2d: {key}={val} must be a positive power of two")
@@ -155,40 +160,51 @@ if triton is not None:
     @triton.jit
     def _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R, offs_d, mask_d, offs_n, mask_n,
                      offs_r, mask_r, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
-        """Step t's flat position p and inputs: u (BD,), dt_raw (BR,), B, C (BN,), the pre-softplus
-        dt_raw @ dt_proj + bias (BD,) and delta.  An invalid step (past either end) reads zeros and
-        gets delta = 0, which makes it an exact identity for the state and the adjoint."""
-        p = b * H * W + _position(tl.minimum(t, H * W - 1), k, H, W)
+        """Step t's flat position p and inputs (the backward's one-step form of `_group_inputs`):
+        u (BD,), dt_raw (BR,), B, C (BN,), the pre-softplus dt_raw @ dt_proj + bias (BD,) and delta.
+        An invalid step (past either end) reads zeros and gets delta = 0, which makes it an exact
+        identity for the state and the adjoint."""
+        p, Bt, Ct = _step_bc(xdbl_ptr, b, k, t, valid, R, offs_n, mask_n, H, W, N)
         u = tl.load(x_ptr + p * D + offs_d, mask=_and(mask_d, valid), other=0.0)
-        row = xdbl_ptr + p * (4 * (R + 2 * N)) + k * (R + 2 * N)
-        xr = tl.load(row + offs_r, mask=_and(mask_r, valid), other=0.0)
-        # B and C as one (BN, 2) tile split in registers: one coalesced 2N-wide load that the
-        # pipeliner stages in shared memory, instead of every lane fetching all of B and C.
-        both = tl.load(row + R + offs_n[:, None] + N * tl.arange(0, 2)[None, :],
-                       mask=_and(mask_n, valid)[:, None], other=0.0)
-        Bt, Ct = tl.split(both)
+        xr = tl.load(xdbl_ptr + (p * 4 + k) * (R + 2 * N) + offs_r, mask=_and(mask_r, valid), other=0.0)
         dr = tl.sum(dtw * xr[:, None], axis=0) + bias  # the dt projection, R FMAs per channel
         delta = tl.where(valid, _softplus(dr), 0.0)
         return p, u, xr, Bt, Ct, dr, delta
 
     @triton.jit
-    def _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, valid, D, R, offs_d, mask_d,
-                  offs_n, mask_n, offs_r, mask_r, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr,
-                  ATOMIC: tl.constexpr):
-        """h_t = exp(delta A) h_{t-1} + delta B u; y_t = C h_t + D u is added into the merged output
-        (ATOMIC) or stored in this direction's slot of a (B*L, 4, D) buffer that torch sums."""
-        p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
-                                                   offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
-        h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
-        y = tl.sum(h * Ct[:, None], axis=0) + dskip * u
-        _merge_out(y_ptr, y, p, k, D, offs_d, _and(mask_d, valid), ATOMIC)
-        return h
+    def _group_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, t_end, D, R, offs_d, mask_d, offs_r, mask_r,
+                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, T: tl.constexpr):
+        """The T steps from t as (T, BD) tiles: u, delta (zero on steps past t_end) and delta * u.
+        The step axis comes first so that the channels take the lanes and the T steps sit inside
+        each thread: softplus and the dt projection then run for T steps at once, with T-fold
+        instruction-level parallelism, and `_row` picks a step for free."""
+        tv = t + tl.arange(0, T)
+        valid = tv < t_end
+        pv = b * H * W + _position(tl.minimum(tv, H * W - 1), k, H, W)
+        U = tl.load(x_ptr + pv[:, None] * D + offs_d[None, :], mask=valid[:, None] & mask_d[None, :], other=0.0)
+        rows = xdbl_ptr + (pv * 4 + k) * (R + 2 * N)
+        XR = tl.load(rows[None, :] + offs_r[:, None], mask=mask_r[:, None] & valid[None, :], other=0.0)  # (BR, T)
+        DR = tl.sum(dtw[:, None, :] * XR[:, :, None], axis=0) + bias[None, :]  # dt projection, (T, BD)
+        DELTA = tl.where(valid[:, None], _softplus(DR), 0.0)
+        return U, DELTA, DELTA * U
 
     @triton.jit
-    def _segment(L: tl.constexpr, SEG: tl.constexpr):
-        """This program's segment of the sequence, [t_start, t_end) (program axis 2)."""
-        t_start = tl.program_id(2) * SEG
-        return t_start, tl.minimum(t_start + SEG, L)
+    def _row(tile, j: tl.constexpr, T: tl.constexpr):
+        """Row j of a (T, BD) tile whose T axis lies inside each thread.  The compare is constant per
+        register, and x + -0.0 == x exactly, so the reduction folds to a register pick."""
+        return tl.sum(tl.where(tl.arange(0, T)[:, None] == j, tile, -0.0), axis=0)
+
+    @triton.jit
+    def _step_bc(xdbl_ptr, b, k, t, valid, R, offs_n, mask_n, H: tl.constexpr, W: tl.constexpr,
+                 N: tl.constexpr):
+        """Step t's flat position and B, C (BN,) (zeros when not valid).  B and C come as one (BN, 2)
+        tile split in registers: one coalesced 2N-wide load that the pipeliner stages in shared
+        memory, instead of every lane fetching all of B and C."""
+        p = b * H * W + _position(tl.minimum(t, H * W - 1), k, H, W)
+        both = tl.load(xdbl_ptr + (p * 4 + k) * (R + 2 * N) + R + offs_n[:, None] + N * tl.arange(0, 2)[None, :],
+                       mask=_and(mask_n, valid)[:, None], other=0.0)
+        Bt, Ct = tl.split(both)
+        return p, Bt, Ct
 
     @triton.jit
     def _carry_kernel(local_ptr, dsum_ptr, a_ptr, out_ptr, ND, D, NSEG, REVERSE: tl.constexpr,
@@ -215,10 +231,16 @@ if triton is not None:
             tl.store(out_ptr + (bk * NSEG + s) * ND + offs, v, mask=mask)
 
     @triton.jit
+    def _segment(L: tl.constexpr, SEG: tl.constexpr):
+        """This program's segment of the sequence, [t_start, t_end) (program axis 2)."""
+        t_start = tl.program_id(2) * SEG
+        return t_start, tl.minimum(t_start + SEG, L)
+
+    @triton.jit
     def _ss2d_fwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hin_ptr, y_ptr, hs_ptr, D, R,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         SEG: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr):
+                         SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr):
         """Scan one segment from its entering state (hin, from the state pre-pass; zero for the
         first segment), writing y and the state checkpoint at each chunk start."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
@@ -234,20 +256,27 @@ if triton is not None:
                         mask=mask_nd, other=0.0)
         else:
             h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        # Two steps per iteration, so one step's softplus and loads overlap the other's recurrence.
-        for t in tl.range(t_start, t_end, 2, num_stages=STAGES):
-            if t % CHUNK == 0:  # checkpoint: the state entering this chunk (CHUNK is even)
+        # T steps per iteration: their inputs, softplus and dt projection as (T, BD) tiles, then the
+        # recurrence step by step (CHUNK is a multiple of T, so checkpoints fall on group starts).
+        for t in tl.range(t_start, t_end, T, num_stages=STAGES):
+            if t % CHUNK == 0:  # checkpoint: the state entering this chunk
                 tl.store(hs_base + (t // CHUNK) * N * D, h, mask=mask_nd)
-            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t, t < t_end, D, R, offs_d,
-                          mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N, ATOMIC)
-            h = _fwd_step(x_ptr, xdbl_ptr, y_ptr, h, A2, dtw, dskip, bias, b, k, t + 1, t + 1 < t_end, D, R,
-                          offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N, ATOMIC)
+            U, DELTA, DU = _group_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, t_end, D, R, offs_d, mask_d,
+                                         offs_r, mask_r, H, W, N, T)
+            for j in tl.static_range(T):
+                ok = t + j < t_end
+                p, Bt, Ct = _step_bc(xdbl_ptr, b, k, t + j, ok, R, offs_n, mask_n, H, W, N)
+                u = _row(U, j, T)
+                h = tl.exp2(_row(DELTA, j, T)[None, :] * A2) * h + _row(DU, j, T)[None, :] * Bt[:, None]
+                y = tl.sum(h * Ct[:, None], axis=0) + dskip * u
+                _merge_out(y_ptr, y, p, k, D, offs_d, _and(mask_d, ok), ATOMIC)
 
     @triton.jit
     def _segment_prepass_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, gy_ptr, out_ptr,
                                 dsum_ptr, D, R, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr,
                                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                                SEG: tl.constexpr, STAGES: tl.constexpr, REVERSE: tl.constexpr):
+                                SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr,
+                                REVERSE: tl.constexpr):
         """Per segment, the linear map that carries a state across it, for the cheap sequential
         fix-up between segments (torch) that lets all segments run in parallel.
 
@@ -262,20 +291,26 @@ if triton is not None:
         t_start, t_end = _segment(L, SEG)
         v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for i in tl.range(0, t_end - t_start, num_stages=STAGES):
+        n_groups = (t_end - t_start + T - 1) // T
+        for g in tl.range(0, n_groups, num_stages=STAGES):
             if REVERSE:
-                t = t_end - 1 - i
+                t = t_start + (n_groups - 1 - g) * T
             else:
-                t = t_start + i
-            p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, t < t_end, D, R,
-                                                       offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
-            a = tl.exp2(delta[None, :] * A2)
-            if REVERSE:
-                gy = tl.load(gy_ptr + p * D + offs_d, mask=mask_d, other=0.0)
-                v = a * (v + Ct[:, None] * gy[None, :])
-            else:
-                v = a * v + (delta * u)[None, :] * Bt[:, None]
-            dsum += delta
+                t = t_start + g * T
+            U, DELTA, DU = _group_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, t_end, D, R, offs_d, mask_d,
+                                         offs_r, mask_r, H, W, N, T)
+            for jj in tl.static_range(T):
+                j = jj + REVERSE * (T - 1 - 2 * jj)  # walk the group backwards in REVERSE (a constexpr)
+                ok = t + j < t_end
+                p, Bt, Ct = _step_bc(xdbl_ptr, b, k, t + j, ok, R, offs_n, mask_n, H, W, N)
+                delta = _row(DELTA, j, T)
+                a = tl.exp2(delta[None, :] * A2)
+                if REVERSE:
+                    gy = tl.load(gy_ptr + p * D + offs_d, mask=_and(mask_d, ok), other=0.0)
+                    v = a * (v + Ct[:, None] * gy[None, :])
+                else:
+                    v = a * v + _row(DU, j, T)[None, :] * Bt[:, None]
+            dsum += tl.sum(DELTA, axis=0)
         seg = tl.program_id(0) * NSEG + tl.program_id(2)
         tl.store(out_ptr + seg * N * D + offs_n[:, None] * D + offs_d[None, :], v, mask=mask_nd)
         tl.store(dsum_ptr + seg * D + offs_d, dsum, mask=mask_d)
@@ -408,6 +443,7 @@ def _launch_shape(b: int, d: int, n: int, r: int, length: int) -> dict:
     seg = triton.cdiv(n_chunks, max(1, min(want, n_chunks))) * chunk
     n_seg = triton.cdiv(length, seg)
     return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), block_d=block_d, chunk=chunk,
+                steps=min(_CONFIG["vector_steps"], chunk),
                 seg=seg, n_seg=n_seg, block_n=max(triton.next_power_of_2(n), 2),
                 block_r=max(triton.next_power_of_2(r), 2))
 
@@ -441,7 +477,7 @@ class _SS2DScanFn(torch.autograd.Function):
         atomic = bool(_CONFIG["atomic_merge"])
         f32 = dict(device=x.device, dtype=torch.float32)
         tiles = dict(H=h, W=w, N=n, BLOCK_D=ls["block_d"], BLOCK_N=ls["block_n"], BLOCK_R=ls["block_r"],
-                     SEG=ls["seg"], STAGES=_CONFIG["stages"], num_warps=_CONFIG["fwd_warps"])
+                     SEG=ls["seg"], STAGES=_CONFIG["stages"], T=ls["steps"], num_warps=_CONFIG["fwd_warps"])
         h_in = x  # unused placeholder when there is one segment
         if ls["n_seg"] > 1:
             ends = torch.empty(b * K_DIRECTIONS, ls["n_seg"], n, d, **f32)
@@ -482,7 +518,7 @@ class _SS2DScanFn(torch.autograd.Function):
             local = torch.empty(b * K_DIRECTIONS, ls["n_seg"], n, d, **f32)
             dsum = torch.empty(b * K_DIRECTIONS, ls["n_seg"], d, **f32)
             _segment_prepass_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, gy, local, dsum, d, r,
-                                          REVERSE=True, **tiles)
+                                          REVERSE=True, T=ls["steps"], **tiles)
             q_in = _carry_across_segments(local, dsum, A_t, reverse=True)
         _ss2d_bwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, q_in, scratch, dx, dpart, dA, ddtw,
                                dds, dbias, d, r, b * h * w, CHUNK=chunk, ATOMIC=atomic, **tiles)
