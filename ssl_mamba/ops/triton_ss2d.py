@@ -14,7 +14,8 @@ the (B, 4, D, L) cross-scan copies:
   recurrence h = exp(delta A) h + delta B u and the output sum over N need no cross-lane traffic.
   The forward and the pre-passes take `vector_steps` (T) steps per loop iteration: u, dt_raw, the
   dt projection and softplus as (T, channels) tiles with T inside each thread, then the recurrence
-  step by step (the backward passes take two steps per iteration).
+  step by step; so does the backward's recompute pass (its adjoint pass takes two steps per
+  iteration).
   The per-step loads (u, dt_raw, B, C of the next steps) are software-pipelined by Triton's cp.async
   pipeliner, so their latency overlaps the math of the current step.  softplus(dt + bias) is
   computed inside; A, D and the dt bias are fp32; all arithmetic and the kernels' inputs are fp32
@@ -316,17 +317,6 @@ if triton is not None:
         tl.store(dsum_ptr + seg * D + offs_d, dsum, mask=mask_d)
 
     @triton.jit
-    def _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t, j, valid, D, R, offs_d, mask_d,
-                        offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                        H: tl.constexpr, W: tl.constexpr, N: tl.constexpr):
-        """Backward pass 1: one step of the state recurrence, the state saved as scratch row j."""
-        p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
-                                                   offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
-        h = tl.exp2(delta[None, :] * A2) * h + (delta * u)[None, :] * Bt[:, None]
-        tl.store(scr + j * BLOCK_N * BLOCK_D, h, mask=_and(mask_n[:, None] & mask_d[None, :], valid))
-        return h
-
-    @triton.jit
     def _adjoint_step(x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                       ddtw_acc, A2, dtw, dskip, bias, b, k, t, j, valid, pid_d, NPOS, D, R, offs_d, mask_d,
                       offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -362,7 +352,7 @@ if triton is not None:
                          dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         SEG: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr):
+                         SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr):
         """The backward of one segment, its chunks in reverse, from the decayed adjoint entering at
         its end (qin, from the adjoint pre-pass; zero for the last segment)."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
@@ -394,12 +384,14 @@ if triton is not None:
             n_t = tl.minimum(CHUNK, L - t0)
             # Pass 1: recompute the chunk's states from its checkpoint into the scratch.
             h = tl.load(hs_base + (t0 // CHUNK) * N * D, mask=mask_nd, other=0.0)
-            for j in tl.range(0, n_t, 2, num_stages=STAGES):
-                h = _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t0 + j, j, j < n_t, D, R,
-                                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N)
-                h = _recompute_step(x_ptr, xdbl_ptr, scr, h, A2, dtw, bias, b, k, t0 + j + 1, j + 1,
-                                    j + 1 < n_t, D, R, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r,
-                                    BLOCK_N, BLOCK_D, H, W, N)
+            for j in tl.range(0, n_t, T, num_stages=STAGES):
+                _, DELTA, DU = _group_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t0 + j, t0 + n_t, D, R, offs_d,
+                                             mask_d, offs_r, mask_r, H, W, N, T)
+                for jj in tl.static_range(T):
+                    ok = j + jj < n_t
+                    _, Bt, _ = _step_bc(xdbl_ptr, b, k, t0 + j + jj, ok, R, offs_n, mask_n, H, W, N)
+                    h = tl.exp2(_row(DELTA, jj, T)[None, :] * A2) * h + _row(DU, jj, T)[None, :] * Bt[:, None]
+                    tl.store(scr + (j + jj) * BLOCK_N * BLOCK_D, h, mask=_and(mask_nd, ok))
             tl.debug_barrier()
             # Pass 2: walk the chunk backwards (pairs from its end; the pair's second step is
             # invalid when the chunk has an odd length).
@@ -521,7 +513,7 @@ class _SS2DScanFn(torch.autograd.Function):
                                           REVERSE=True, T=ls["steps"], **tiles)
             q_in = _carry_across_segments(local, dsum, A_t, reverse=True)
         _ss2d_bwd_kernel[grid](x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, q_in, scratch, dx, dpart, dA, ddtw,
-                               dds, dbias, d, r, b * h * w, CHUNK=chunk, ATOMIC=atomic, **tiles)
+                               dds, dbias, d, r, b * h * w, CHUNK=chunk, T=ls["steps"], ATOMIC=atomic, **tiles)
         dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
