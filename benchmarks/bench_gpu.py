@@ -10,7 +10,8 @@ Phases (each recorded in the JSON even when a later one fails):
      whole op for the best tiles, and the baseline (cross-scan copies + mamba-ssm fp32 kernel + merge);
   4. Mamba-UNet train step (CE + Dice, SGD momentum) at batch 24 and 16, and inference img/s, for
      the baseline, ours (best tiles) fp32 and bf16 autocast, and optionally the torch reference scan
-     (--torch-ref; ~100 s per step).
+     (--torch-ref; ~100 s per step); the library's cross-teaching step (UNet + Mamba-UNet, batch
+     16, as Semi-Mamba-UNet trains) on ours; a kernel profile of the b24 step.
 The run is time-boxed (--budget seconds): phases that would not fit are recorded as skipped.
 Prints a table last and writes gpu-<date><--tag>.json under --out.
 """
@@ -357,6 +358,62 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
             "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
 
+def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", batch: int = 16,
+                      bf16: bool = False, networks=None, size: int = 224, iters: int = 20,
+                      device: str = "cuda") -> dict:
+    """One training iteration of a library method exactly as the trainer runs it (the method's
+    training_step, then each optimizer group's backward and step, then after_step), on synthetic
+    data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16 (8 labeled).
+    `networks` / `size` / `device` let it run small on a CPU as a smoke check."""
+    import dataclasses
+
+    from ssl_mamba.config import load_config
+    from ssl_mamba.data.batch import Batch
+    from ssl_mamba.engine.method import METHODS
+    from ssl_mamba.engine.optim import build_all
+    from ssl_mamba.engine.trainer import build_networks
+    import methods  # noqa: F401 - registers the methods
+
+    cfg = load_config(REPO / config)
+    if networks:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, networks=list(networks)))
+    torch.manual_seed(0)
+    method = METHODS.get(cfg.method.name)(cfg, build_networks(cfg)).to(device)
+    groups = method.optimizer_groups()
+    optimizers, _ = build_all(groups, cfg.train)
+    g = torch.Generator(device=device).manual_seed(0)
+    data = Batch(image=torch.randn(batch, 1, size, size, generator=g, device=device),
+                 label=torch.randint(0, cfg.data.num_classes, (batch, size, size), generator=g, device=device),
+                 n_labeled=batch // 2)
+    method.train()
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            out = method.training_step(data, 1000)
+        for group, opt in zip(groups, optimizers):
+            loss = out.losses[group.name]
+            loss = loss() if callable(loss) else loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        method.after_step(1000)
+
+    if device != "cuda":
+        t0 = time.time()
+        for _ in range(iters):
+            step()
+        ms = (time.time() - t0) * 1000 / iters
+        return {"step_ms": ms, "img_s": batch * 1000 / ms, "method": cfg.method.name, "networks": cfg.model.networks}
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    ms = median(cuda_time(step, 3, iters))
+    peak = torch.cuda.max_memory_allocated() / 1024 ** 3
+    del method, optimizers
+    torch.cuda.empty_cache()
+    return {"step_ms": ms, "img_s": batch * 1000 / ms, "peak_gib": peak, "method": cfg.method.name,
+            "networks": cfg.model.networks}
+
+
 def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
     """Run one measurement, record its result or error; skip it if under need_s seconds are left."""
     t0 = time.time()
@@ -418,6 +475,8 @@ def main() -> None:
         if batch == 24:
             phase("model_b24_ours_fp32_seg1", lambda: model_bench("triton", False, 24, cfg=dict(DEFAULT, segments=1)),
                   out_dir, need)
+    phase("cross_teaching_b16_ours_fp32", lambda: method_step_bench(bf16=False), out_dir, 25)
+    phase("cross_teaching_b16_ours_bf16", lambda: method_step_bench(bf16=True), out_dir, 25)
     phase("profile_b24_ours_fp32", lambda: profile_step(False), out_dir, 25)
     phase("profile_b24_ours_bf16", lambda: profile_step(True), out_dir, 25)
     if args.torch_ref:
@@ -460,6 +519,8 @@ def summarize(shape, out_dir: Path) -> None:
         if isinstance(val, dict) and "fwd_ms" in val:
             print(f"sweep {key:29s} fwd {val['fwd_ms']:7.3f} ms  fwd+bwd {val['fwd_bwd_ms']:7.3f} ms")
     print("best", sweep.get("best"))
+    for key in ("cross_teaching_b16_ours_fp32", "cross_teaching_b16_ours_bf16"):
+        print(f"{key}: {json.dumps(r.get(key), default=str)[:200]}")
     for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
     print("correctness", json.dumps(r.get("correctness"))[:600])
