@@ -279,7 +279,7 @@ if triton is not None:
                                 SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr,
                                 REVERSE: tl.constexpr):
         """Per segment, the linear map that carries a state across it, for the cheap sequential
-        fix-up between segments (torch) that lets all segments run in parallel.
+        fix-up between segments (`_carry_kernel`) that lets all segments run in parallel.
 
         Forward (REVERSE=0): the segment's end state from a zero entering state.  Backward
         (REVERSE=1): the decayed adjoint q leaving the segment's first step, from a zero q entering
