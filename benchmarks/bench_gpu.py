@@ -206,13 +206,7 @@ def op_bench(backend: str, dtype, ins, gy) -> dict:
 def kernel_bench(ins, gy) -> dict:
     """The fused kernels alone (no x_dbl projection, casts or partial sums outside the Function's
     kernels): forward, and forward + backward through the autograd Function, on fp32 inputs."""
-    x, xpw, dtw, dtb, A_logs, Ds = ins
-    b, h, w, d = x.shape
-    n = A_logs.shape[1]
-    x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, xpw).contiguous()
-    A_t = (-torch.exp(A_logs)).view(4, d, n).transpose(1, 2).contiguous()
-    dtw_t = dtw.transpose(1, 2).contiguous()
-    args = [t.detach().requires_grad_() for t in (x, x_dbl, A_t, dtw_t, Ds.float(), dtb.reshape(-1).float())]
+    args = [t.detach().requires_grad_() for t in triton_ss2d.kernel_inputs(*ins)]
 
     def fwd():
         with torch.no_grad():
@@ -227,23 +221,8 @@ def kernel_bench(ins, gy) -> dict:
 def profile_step(bf16: bool, batch: int = 24, top: int = 25) -> dict:
     """Where a Mamba-UNet train step's GPU time goes (ours): torch.profiler over 3 steps, the top
     kernels by total CUDA time, names shortened."""
-    import ssl_mamba.layers.ss2d as ss2d_mod
     from torch.profiler import ProfilerActivity, profile
-    from ssl_mamba.models import create_model
-    ss2d_mod.ss2d_scan = lambda *a, backend=None: ss2d_scan_triton(*a)
-    torch.manual_seed(0)
-    net = create_model("mamba_unet", num_classes=4).cuda()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    img = torch.randn(batch, 1, 224, 224, device="cuda")
-    lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = dice_ce(net(img).float(), lab)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    net, _, step = mamba_unet_training("triton", bf16, batch)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -257,7 +236,7 @@ def profile_step(bf16: bool, batch: int = 24, top: int = 25) -> dict:
         if cuda_us:
             rows.append((ev.key[:90], round(cuda_us / 3e3, 3), ev.count // 3))
     rows.sort(key=lambda r: -r[1])
-    del net, opt
+    del net, step
     torch.cuda.empty_cache()
     return {"total_ms_per_step": round(sum(r[1] for r in rows), 2),
             "top": [{"kernel": k, "ms_per_step": ms, "calls_per_step": c} for k, ms, c in rows[:top]]}
@@ -312,7 +291,9 @@ def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict
             set_block_config(**old)
 
 
-def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
+def mamba_unet_training(backend: str, bf16: bool, batch: int):
+    """A full-size Mamba-UNet on `backend`'s scan with SGD and synthetic 224x224 data: (net, img,
+    step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss."""
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
@@ -329,8 +310,13 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
+    return net, img, step
+
+
+def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
+    net, img, step = mamba_unet_training(backend, bf16, batch)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     warm = 5 if iters >= 10 else 1
@@ -339,23 +325,19 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
     peak = torch.cuda.max_memory_allocated() / 1024 ** 3
     net.eval()
 
-    def infer():
+    def infer(batch_img):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            net(img)
+            net(batch_img)
 
-    inf_ms = median(cuda_time(infer, warm, max(iters // 2, 3)))
-    one = img[:1]
-
-    def infer_one():  # evaluation in SSL4MIS style runs one slice at a time
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            net(one)
-
-    inf1_ms = median(cuda_time(infer_one, warm, max(iters // 2, 3)))
+    inf_ms = median(cuda_time(lambda: infer(img), warm, max(iters // 2, 3)))
+    # one slice at a time, as SSL4MIS-style evaluation runs
+    inf1_ms = median(cuda_time(lambda: infer(img[:1]), warm, max(iters // 2, 3)))
     ms = median(times)
-    del net, opt
+    del net, step
     torch.cuda.empty_cache()
     return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak,
-            "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
+            "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms,
+            "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
 
 def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", batch: int = 16,

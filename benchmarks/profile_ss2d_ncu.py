@@ -13,23 +13,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_gpu import scan_inputs  # noqa: E402 - the benchmark's first-stage inputs
 from ssl_mamba.ops.triton_ss2d import ss2d_scan_triton  # noqa: E402
 
 
 def main() -> None:
-    b, h, w, d, n, r = 24, 56, 56, 192, 16, 6
-    g = torch.Generator(device="cuda").manual_seed(0)
-    dev = dict(device="cuda", dtype=torch.float32)
-    x = torch.nn.functional.silu(torch.randn(b, h, w, d, generator=g, **dev)).requires_grad_()
-    xpw = ((torch.rand(4, r + 2 * n, d, generator=g, **dev) * 2 - 1) / d ** 0.5).requires_grad_()
-    dtw = ((torch.rand(4, d, r, generator=g, **dev) * 2 - 1) / r ** 0.5).requires_grad_()
-    dt = torch.exp(torch.rand(4, d, generator=g, **dev) * 4.6 - 6.9)
-    dtb = (dt + torch.log(-torch.expm1(-dt))).requires_grad_()
-    A_logs = torch.log(torch.arange(1, n + 1, **dev)).repeat(4 * d, 1).requires_grad_()
-    Ds = torch.ones(4 * d, **dev).requires_grad_()
-    gy = torch.randn(b, h, w, d, **dev)
+    shape = (24, 56, 56, 192, 16, 6)
+    ins = [t.requires_grad_() for t in scan_inputs(*shape)]
+    gy = torch.randn(*shape[:4], device="cuda")
     for _ in range(2):  # the first pass compiles; ncu skips its two launches
-        ss2d_scan_triton(x, xpw, dtw, dtb, A_logs, Ds).backward(gy)
+        ss2d_scan_triton(*ins).backward(gy)
     torch.cuda.synchronize()
     print("done")
 
