@@ -17,12 +17,12 @@ import torch
 
 pytest.importorskip("triton")
 
-SCRIPT = textwrap.dedent('''
+# Start of every check script: the interpreter on before triton is imported, and a workaround.
+PRELUDE = textwrap.dedent('''
     import json, os, sys
     os.environ["TRITON_INTERPRET"] = "1"
     import numpy as np
     import torch
-    import torch.nn.functional as F
     import triton.runtime.interpreter as interp
 
     # triton 3.6's interpreter turns a runtime loop bound into an int with int(array of shape (1,)),
@@ -34,7 +34,10 @@ SCRIPT = textwrap.dedent('''
             _patch_tensor(tensor, *args, **kwargs)
             tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
         interp._patch_lang_tensor = _patch_lang_tensor
+''')
 
+SCRIPT = PRELUDE + textwrap.dedent('''
+    import torch.nn.functional as F
     from ssl_mamba.ops import ss2d_scan
     from ssl_mamba.ops.triton_ss2d import ss2d_scan_triton, set_block_config
     from ssl_mamba.errors import UserError
@@ -119,10 +122,11 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    script = tmp_path_factory.mktemp("triton") / "check_ss2d.py"
-    script.write_text(SCRIPT)
+def run_check(script_text: str, folder) -> dict:
+    """Run a check script in a fresh CPU-only Python (the interpreter must be on before triton is
+    first imported) and return the JSON it prints after "RESULT "."""
+    script = folder / "check.py"
+    script.write_text(script_text)
     # CPU only, whatever the machine: hide GPUs from the subprocess, and give it the repository on
     # its path (pytest may have put the repository on sys.path only in this process).
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +138,11 @@ def results(tmp_path_factory):
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and line, f"check script failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(line[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return run_check(SCRIPT, tmp_path_factory.mktemp("triton"))
 
 
 @pytest.mark.parametrize("case", ["fp32_odd", "fp32_odd_partials", "fp32_chunks"])
@@ -172,18 +181,7 @@ def test_cpu_tensor_without_interpreter_raises_user_error():
         ss2d_scan_triton(*args)
 
 
-MODEL_SCRIPT = textwrap.dedent('''
-    import json, os
-    os.environ["TRITON_INTERPRET"] = "1"
-    import numpy as np
-    import torch
-    import triton.runtime.interpreter as interp
-    _patch_tensor = getattr(interp, "_patch_lang_tensor", None)
-    if _patch_tensor is not None:  # same triton 3.6 + NumPy 2.5 workaround as the op check
-        def _patch_lang_tensor(tensor, *args, **kwargs):
-            _patch_tensor(tensor, *args, **kwargs)
-            tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
-        interp._patch_lang_tensor = _patch_lang_tensor
+MODEL_SCRIPT = PRELUDE + textwrap.dedent('''
     from ssl_mamba.models import create_model
     torch.manual_seed(0)
     ref = create_model("test_mamba_unet", num_classes=4, scan_backend="torch").eval()
@@ -200,15 +198,6 @@ MODEL_SCRIPT = textwrap.dedent('''
 def test_mamba_unet_with_triton_scan_matches_torch_reference(tmp_path):
     """The whole (tiny) Mamba-UNet in eval mode, its SS2D blocks on the fused kernels (four stage
     sizes: 8x8 to 1x1 tokens, channels 16 to 128) against the same weights on the torch scan."""
-    script = tmp_path / "check_model.py"
-    script.write_text(MODEL_SCRIPT)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, f"model check failed:\n{proc.stdout}\n{proc.stderr}"
-    out = json.loads(line[-1][len("RESULT "):])
+    out = run_check(MODEL_SCRIPT, tmp_path)
     assert out["shape"] == [1, 4, 32, 32]
     assert out["rel"] <= 1e-5, out
