@@ -43,15 +43,11 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # The shipped default first, as the control of the sweep; the model runs use the sweep's fastest
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
-               vector_steps=4, sub_chunk=64, lane_sums=False)
+               vector_steps=4)
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
-         dict(DEFAULT, sub_chunk=16),
-         dict(DEFAULT, lane_sums=True),
-         dict(DEFAULT, sub_chunk=16, lane_sums=True),
-         dict(DEFAULT, sub_chunk=8, lane_sums=True),
-         dict(DEFAULT, sub_chunk=32, lane_sums=True),
-         dict(DEFAULT, sub_chunk=16, lane_sums=True, stages=3),
-         dict(DEFAULT, sub_chunk=16, lane_sums=True, vector_steps=8)]
+         dict(DEFAULT, stages=3),
+         dict(DEFAULT, segments=16),
+         dict(DEFAULT, vector_steps=8)]
 
 
 def time_left() -> float:
@@ -60,8 +56,7 @@ def time_left() -> float:
 
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
-            f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}_sub{cfg['sub_chunk']}"
-            f"_ls{int(cfg['lane_sums'])}")
+            f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}")
 
 
 def save(out_dir: Path) -> None:

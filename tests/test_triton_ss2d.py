@@ -104,14 +104,12 @@ SCRIPT = PRELUDE + textwrap.dedent('''
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
     out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     # same sizes, one channel block with masked lanes, one chunk longer than the sequence, no
-    # pipelining, directions merged by atomics, 8-step groups (the last one partly past the end),
-    # the backward's recompute in pieces of 8 steps (the 15-step chunk: 8 + 7)
-    set_block_config(block_d=16, chunk=16, stages=1, atomic_merge=True, vector_steps=8, sub_chunk=8)
+    # pipelining, directions merged by atomics, 8-step groups (the last one partly past the end)
+    set_block_config(block_d=16, chunk=16, stages=1, atomic_merge=True, vector_steps=8)
     out["fp32_odd_partials"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
-    # several chunks, d_state 16, batch 2, W > H, two channel blocks, two segments of 3 and 2 chunks,
-    # the backward's recompute in pieces of 2 steps
-    set_block_config(block_d=8, chunk=4, stages=3, segments=2, vector_steps=2, sub_chunk=2)
+    # several chunks, d_state 16, batch 2, W > H, two channel blocks, two segments of 3 and 2 chunks
+    set_block_config(block_d=8, chunk=4, stages=3, segments=2, vector_steps=2)
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)

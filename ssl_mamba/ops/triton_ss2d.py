@@ -48,7 +48,6 @@ from typing import Optional, Tuple
 import torch
 
 from ssl_mamba.errors import UserError
-from ssl_mamba.ops import lane_sums
 
 try:
     import triton
@@ -70,26 +69,19 @@ K_DIRECTIONS = 4
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
 #   projection as (T, channels) tiles); 4 is chosen by instruction count (benchmarks/NOTES-gpu.md).
-# sub_chunk: steps the backward recomputes into its scratch at a time (<= chunk).  Below `chunk`, a
-#   first recompute pass stores only every sub_chunk-th state, then each piece is recomputed in full
-#   right before its adjoint walk: twice the recompute, but a scratch small enough to stay in L2.
-# lane_sums: the backward's sums over channels (dB, dC, d dt_raw) as one reduce-scatter over the
-#   warp's lanes in inline PTX (`lane_sums.py`) instead of a butterfly per value; used where the tile
-#   layout allows it (one warp, 32 channels) and never under the CPU interpreter.
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
-           "segments": 0, "vector_steps": 4, "sub_chunk": 64, "lane_sums": 0}
+           "segments": 0, "vector_steps": 4}
 _TARGET_PROGRAMS = 4096  # ~8 one-warp programs per scheduler on a 132-SM H100/H200
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
-                     segments: Optional[int] = None, vector_steps: Optional[int] = None,
-                     sub_chunk: Optional[int] = None, lane_sums: Optional[bool] = None) -> dict:
+                     segments: Optional[int] = None, vector_steps: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
-                     ("chunk", chunk), ("vector_steps", vector_steps), ("sub_chunk", sub_chunk)):
+                     ("chunk", chunk), ("vector_steps", vector_steps)):
         if val is not None:
             if val <= 0 or val & (val - 1):
                 raise UserError(f"triton_ss2d: {key}={val} must be a positive power of two")
@@ -100,8 +92,6 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
         _CONFIG["stages"] = int(stages)
     if atomic_merge is not None:
         _CONFIG["atomic_merge"] = int(bool(atomic_merge))
-    if lane_sums is not None:
-        _CONFIG["lane_sums"] = int(bool(lane_sums))
     if segments is not None:
         if segments < 0:
             raise UserError(f"triton_ss2d: segments={segments} must be >= 0 (0: automatic)")
@@ -330,10 +320,7 @@ if triton is not None:
     def _adjoint_step(x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                       ddtw_acc, A2, dtw, dskip, bias, b, k, t, j, valid, pid_d, NPOS, D, R, offs_d, mask_d,
                       offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_R: tl.constexpr, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr,
-                      ATOMIC: tl.constexpr, LANE_SUMS: tl.constexpr, RS_R: tl.constexpr,
-                      RS_R_CONS: tl.constexpr, RS_BC: tl.constexpr, RS_BC_CONS: tl.constexpr,
-                      SHIFT_R: tl.constexpr, SHIFT_BC: tl.constexpr):
+                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, ATOMIC: tl.constexpr):
         """Backward pass 2: one step of the reverse walk.  q carries exp(delta_{t+1} A) g_{t+1}, so
         g_t = q + C_t dy_t and the next q is exp(delta_t A) g_t (an identity on invalid steps)."""
         p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
@@ -355,77 +342,19 @@ if triton is not None:
         _merge_out(dx_ptr, gB * delta + dskip * gy, p, k, D, offs_d, m_d, ATOMIC)
         # This channel block's share of d x_dbl (sums over the channels), layout (n_dblocks, B*L, 4, R+2N).
         part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (R + 2 * N)
-        if LANE_SUMS:
-            _store_lane_sums(part, dtw * ddr[None, :], g * du[None, :], h * gy[None, :], valid, R, N,
-                             BLOCK_R, BLOCK_N, RS_R, RS_R_CONS, RS_BC, RS_BC_CONS, SHIFT_R, SHIFT_BC)
-        else:
-            tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
-            tl.store(part + R + offs_n, tl.sum(g * du[None, :], axis=1), mask=_and(mask_n, valid))
-            tl.store(part + R + N + offs_n, tl.sum(h * gy[None, :], axis=1), mask=_and(mask_n, valid))
+        tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
+        tl.store(part + R + offs_n, tl.sum(g * du[None, :], axis=1), mask=_and(mask_n, valid))
+        tl.store(part + R + N + offs_n, tl.sum(h * gy[None, :], axis=1), mask=_and(mask_n, valid))
         return q, dA_acc, dD_acc, dbias_acc, ddtw_acc
-
-    @triton.jit
-    def _lane_ids(like):
-        """The hardware lane of each element of a (BD,) tensor (where its sum lands)."""
-        return tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,f", [like], dtype=tl.int32, is_pure=True,
-                                         pack=1)
-
-    @triton.jit
-    def _store_lane_sums(part, r_tile, b_tile, c_tile, valid, R, N, BLOCK_R: tl.constexpr,
-                         BLOCK_N: tl.constexpr, RS_R: tl.constexpr, RS_R_CONS: tl.constexpr,
-                         RS_BC: tl.constexpr, RS_BC_CONS: tl.constexpr, SHIFT_R: tl.constexpr,
-                         SHIFT_BC: tl.constexpr):
-        """Sum (BR, BD) and two (BN, BD) tiles over their channels (the lanes) with reduce-scatters and
-        store the sums as d dt_raw (R), dB (N) and dC (N) at `part`: lane l holds value l >> shift."""
-        rs = _row(tl.inline_asm_elementwise(RS_R, RS_R_CONS, [r_tile], dtype=tl.float32, is_pure=True,
-                                            pack=BLOCK_R), 0, BLOCK_R)
-        lane = _lane_ids(rs)
-        idx = lane >> SHIFT_R
-        tl.store(part + idx, rs, mask=_and(((lane & ((1 << SHIFT_R) - 1)) == 0) & (idx < R), valid))
-        bc = _row(tl.inline_asm_elementwise(RS_BC, RS_BC_CONS, [b_tile, c_tile], dtype=tl.float32,
-                                            is_pure=True, pack=BLOCK_N), 0, BLOCK_N)
-        idx = lane >> SHIFT_BC  # values 0..BN-1 are dB's, BN..2BN-1 dC's
-        n = idx % BLOCK_N
-        col = tl.where(idx < BLOCK_N, n, N + n)
-        tl.store(part + R + col, bc, mask=_and(((lane & ((1 << SHIFT_BC) - 1)) == 0) & (n < N), valid))
-
-    @triton.jit
-    def _recompute(h, scr, x_ptr, xdbl_ptr, dtw, bias, A2, b, k, t0, n_steps, D, R, offs_d, mask_d, offs_n,
-                   mask_n, offs_r, mask_r, mask_nd, H: tl.constexpr, W: tl.constexpr, N: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr,
-                   EVERY: tl.constexpr):
-        """Backward pass 1: run the recurrence from state h over steps [t0, t0 + n_steps) and store
-        states in this program's scratch (slots of (BN, BD), each written and read back by the same
-        thread).  EVERY == 1: the state after step j in slot j.  EVERY > 1: the state entering each
-        EVERY-step piece in slot j // EVERY (the pieces' starting points for a second pass)."""
-        SLOT: tl.constexpr = BLOCK_N * BLOCK_D
-        for j in tl.range(0, n_steps, T, num_stages=STAGES):
-            if EVERY > 1:
-                if j % EVERY == 0:
-                    tl.store(scr + (j // EVERY) * SLOT, h, mask=mask_nd)
-            _, DELTA, DU = _group_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t0 + j, t0 + n_steps, D, R, offs_d,
-                                         mask_d, offs_r, mask_r, H, W, N, T)
-            for jj in tl.static_range(T):
-                ok = j + jj < n_steps
-                _, Bt, _ = _step_bc(xdbl_ptr, b, k, t0 + j + jj, ok, R, offs_n, mask_n, H, W, N)
-                h = tl.exp2(_row(DELTA, jj, T)[None, :] * A2) * h + _row(DU, jj, T)[None, :] * Bt[:, None]
-                if EVERY == 1:
-                    tl.store(scr + (j + jj) * SLOT, h, mask=_and(mask_nd, ok))
-        return h
 
     @triton.jit
     def _ss2d_bwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr_ptr,
                          dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr,
-                         SUB: tl.constexpr, LANE_SUMS: tl.constexpr, RS_R: tl.constexpr,
-                         RS_R_CONS: tl.constexpr, RS_BC: tl.constexpr, RS_BC_CONS: tl.constexpr,
-                         SHIFT_R: tl.constexpr, SHIFT_BC: tl.constexpr):
+                         SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr):
         """The backward of one segment, its chunks in reverse, from the decayed adjoint entering at
-        its end (qin, from the adjoint pre-pass; zero for the last segment).  Each chunk is walked
-        in pieces of SUB steps, last piece first: recompute the piece's states into the scratch
-        (pass 1), then walk it backwards (pass 2)."""
+        its end (qin, from the adjoint pre-pass; zero for the last segment)."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
             _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
@@ -434,10 +363,10 @@ if triton is not None:
         hs_base = hs_ptr + tl.program_id(0) * NCHUNK * N * D + offs_n[:, None] * D + offs_d[None, :]
         NSEG: tl.constexpr = (L + SEG - 1) // SEG
         CPS: tl.constexpr = SEG // CHUNK  # chunks per segment
-        SLOT: tl.constexpr = BLOCK_N * BLOCK_D
-        # This program's scratch: SUB states, then the CHUNK // SUB piece starts (used if SUB < CHUNK).
+        # This program's scratch: the states of one chunk, (CHUNK, BN, BD), each element written and
+        # read back by the same thread.
         prog = (tl.program_id(0) * tl.num_programs(1) + pid_d) * NSEG + tl.program_id(2)
-        scr = scr_ptr + prog * (SUB + CHUNK // SUB) * SLOT + offs_n[:, None] * BLOCK_D + \
+        scr = scr_ptr + prog * CHUNK * BLOCK_N * BLOCK_D + offs_n[:, None] * BLOCK_D + \
             tl.arange(0, BLOCK_D)[None, :]
         if NSEG > 1:
             q = tl.load(qin_ptr + (tl.program_id(0) * NSEG + tl.program_id(2)) * N * D + offs_n[:, None] * D +
@@ -453,36 +382,30 @@ if triton is not None:
         for ci in range(n_chunks):
             t0 = (c_first + n_chunks - 1 - ci) * CHUNK
             n_t = tl.minimum(CHUNK, L - t0)
+            # Pass 1: recompute the chunk's states from its checkpoint into the scratch.
             h = tl.load(hs_base + (t0 // CHUNK) * N * D, mask=mask_nd, other=0.0)
-            if SUB < CHUNK:  # the pieces' starting states
-                _recompute(h, scr + SUB * SLOT, x_ptr, xdbl_ptr, dtw, bias, A2, b, k, t0, n_t, D, R, offs_d,
-                           mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, H, W, N, BLOCK_N, BLOCK_D,
-                           STAGES, T, SUB)
-            n_sub = (n_t + SUB - 1) // SUB
-            for si in range(n_sub):
-                s0 = (n_sub - 1 - si) * SUB
-                n_s = tl.minimum(SUB, n_t - s0)
-                if SUB < CHUNK:
-                    tl.debug_barrier()
-                    h = tl.load(scr + (SUB + s0 // SUB) * SLOT, mask=mask_nd, other=0.0)
-                _recompute(h, scr, x_ptr, xdbl_ptr, dtw, bias, A2, b, k, t0 + s0, n_s, D, R, offs_d, mask_d,
-                           offs_n, mask_n, offs_r, mask_r, mask_nd, H, W, N, BLOCK_N, BLOCK_D, STAGES, T, 1)
-                tl.debug_barrier()
-                # Pass 2: walk the piece backwards (pairs from its end; the pair's second step is
-                # invalid when the piece has an odd length).
-                for jr in tl.range(0, n_s, 2, num_stages=STAGES):
-                    j = n_s - 1 - jr
-                    q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
-                        x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
-                        ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + s0 + j, j, j >= 0, pid_d, NPOS, D, R, offs_d,
-                        mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, BLOCK_R, H, W, N, ATOMIC,
-                        LANE_SUMS, RS_R, RS_R_CONS, RS_BC, RS_BC_CONS, SHIFT_R, SHIFT_BC)
-                    q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
-                        x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
-                        ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + s0 + j - 1, j - 1, j >= 1, pid_d, NPOS, D, R,
-                        offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, BLOCK_R, H, W, N,
-                        ATOMIC, LANE_SUMS, RS_R, RS_R_CONS, RS_BC, RS_BC_CONS, SHIFT_R, SHIFT_BC)
-                tl.debug_barrier()  # the next piece's pass 1 overwrites the scratch
+            for j in tl.range(0, n_t, T, num_stages=STAGES):
+                _, DELTA, DU = _group_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t0 + j, t0 + n_t, D, R, offs_d,
+                                             mask_d, offs_r, mask_r, H, W, N, T)
+                for jj in tl.static_range(T):
+                    ok = j + jj < n_t
+                    _, Bt, _ = _step_bc(xdbl_ptr, b, k, t0 + j + jj, ok, R, offs_n, mask_n, H, W, N)
+                    h = tl.exp2(_row(DELTA, jj, T)[None, :] * A2) * h + _row(DU, jj, T)[None, :] * Bt[:, None]
+                    tl.store(scr + (j + jj) * BLOCK_N * BLOCK_D, h, mask=_and(mask_nd, ok))
+            tl.debug_barrier()
+            # Pass 2: walk the chunk backwards (pairs from its end; the pair's second step is
+            # invalid when the chunk has an odd length).
+            for jr in tl.range(0, n_t, 2, num_stages=STAGES):
+                j = n_t - 1 - jr
+                q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
+                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
+                    ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j, j, j >= 0, pid_d, NPOS, D, R, offs_d,
+                    mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC)
+                q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
+                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
+                    ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j - 1, j - 1, j >= 1, pid_d, NPOS, D, R,
+                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC)
+            tl.debug_barrier()  # the next chunk's pass 1 overwrites the scratch
         tl.atomic_add(da_ptr + (k * N + offs_n[:, None]) * D + offs_d[None, :], dA_acc, mask=mask_nd)
         tl.atomic_add(ddtw_ptr + (k * R + offs_r[:, None]) * D + offs_d[None, :], ddtw_acc,
                       mask=mask_r[:, None] & mask_d[None, :])
@@ -515,30 +438,12 @@ def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
     want = _CONFIG["segments"] or triton.cdiv(_TARGET_PROGRAMS, base)  # 1 once the GPU is busy
     seg = triton.cdiv(n_chunks, max(1, min(want, n_chunks))) * chunk
     n_seg = triton.cdiv(length, seg)
-    sub = min(_CONFIG["sub_chunk"], chunk)
     tiles = dict(H=h, W=w, N=n, BLOCK_D=block_d, BLOCK_N=max(triton.next_power_of_2(n), 2),
                  BLOCK_R=max(triton.next_power_of_2(r), 2), SEG=seg, STAGES=_CONFIG["stages"],
-                 T=min(_CONFIG["vector_steps"], sub))
+                 T=min(_CONFIG["vector_steps"], chunk))
     return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), chunk=chunk, n_seg=n_seg,
-                atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles, bwd_tiles=_backward_tiles(tiles, sub),
+                atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles,
                 fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"])
-
-
-def _backward_tiles(tiles: dict, sub: int) -> dict:
-    """The backward kernel's own compile-time arguments: the recompute piece and the lane-sum PTX
-    (empty strings where the reduce-scatter does not apply: under the interpreter, or a tile whose
-    channels are not exactly the 32 lanes of one warp, or more than 32 values to sum)."""
-    bn, br = tiles["BLOCK_N"], tiles["BLOCK_R"]
-    use = (bool(_CONFIG["lane_sums"]) and os.environ.get("TRITON_INTERPRET") != "1"
-           and tiles["BLOCK_D"] == lane_sums.LANES and _CONFIG["bwd_warps"] == 1
-           and 2 * bn <= lane_sums.LANES and br <= lane_sums.LANES)
-    if not use:
-        return dict(SUB=sub, LANE_SUMS=False, RS_R="", RS_R_CONS="", RS_BC="", RS_BC_CONS="", SHIFT_R=0,
-                    SHIFT_BC=0)
-    return dict(SUB=sub, LANE_SUMS=True, RS_R=lane_sums.reduce_scatter_ptx(br, 1),
-                RS_R_CONS=lane_sums.constraints(br, 1), RS_BC=lane_sums.reduce_scatter_ptx(bn, 2),
-                RS_BC_CONS=lane_sums.constraints(bn, 2), SHIFT_R=lane_sums.value_of_lane_shift(br),
-                SHIFT_BC=lane_sums.value_of_lane_shift(2 * bn))
 
 
 def _entering_values(plan: dict, args: tuple, carried: torch.Tensor, reverse: bool,
@@ -612,13 +517,11 @@ class _SS2DScanFn(torch.autograd.Function):
         dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         # d x_dbl as one partial per channel block (each element written once), summed below.
         dpart = torch.empty(grid[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
-        sub = plan["bwd_tiles"]["SUB"]
-        scratch = torch.empty(grid[0] * grid[1] * grid[2], sub + plan["chunk"] // sub, tiles["BLOCK_N"],
-                              tiles["BLOCK_D"], **f32)
+        scratch = torch.empty(grid[0] * grid[1] * grid[2], plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"],
+                              **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in args[2:])
         _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r, b * h * w,
-                               CHUNK=plan["chunk"], ATOMIC=atomic, num_warps=plan["bwd_warps"], **tiles,
-                               **plan["bwd_tiles"])
+                               CHUNK=plan["chunk"], ATOMIC=atomic, num_warps=plan["bwd_warps"], **tiles)
         dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
