@@ -102,8 +102,11 @@ def pack_dtype(data_root: str) -> Optional[str]:
 
 
 def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations: int,
-            source: Optional[str] = None) -> Path:
-    """Copy a finished run's light files into results/<name>/ with a provenance record."""
+            source: Optional[str] = None, concurrent_rows: int = 1) -> Path:
+    """Copy a finished run's light files into results/<name>/ with a provenance record.
+
+    concurrent_rows: how many rows trained at once on the card (`--jobs`); above 1 the wall time
+    and img/s are those of a shared GPU, and the table says so."""
     from ssl_mamba.config import load_config
     from ssl_mamba.utils.io import atomic_write_json
 
@@ -131,6 +134,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "protocol_iterations": full_iterations,
         "shortened": cfg.train.max_iterations < full_iterations,
         "data_pack_dtype": pack_dtype(cfg.data.root),
+        "concurrent_rows": concurrent_rows,
         "date": time.strftime("%Y-%m-%d"),
     })
     return dest
@@ -158,7 +162,8 @@ def command_run(args: argparse.Namespace) -> None:
                 print(f"FAILED {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
                       flush=True)
                 continue
-            print(f"published {publish(run_dir, results, args.commit, full[config], source)}", flush=True)
+            dest = publish(run_dir, results, args.commit, full[config], source, min(args.jobs, len(jobs)))
+            print(f"published {dest}", flush=True)
 
 
 def provenance_table(rows: List[Path]) -> str:
@@ -168,6 +173,8 @@ def provenance_table(rows: List[Path]) -> str:
         p = json.loads((row / "provenance.json").read_text()) if (row / "provenance.json").is_file() else {}
         iters = f"{p.get('iterations')}" + (f" (shortened from {p['protocol_iterations']})" if p.get("shortened") else "")
         wall = f"{p['wall_time_s'] / 60:.1f} min" if p.get("wall_time_s") else "?"
+        if p.get("concurrent_rows", 1) > 1:  # the card was shared: wall time and img/s are not speeds
+            wall += f" ({p['concurrent_rows']} rows at once)"
         speed = f"{p['images_per_s']:.0f}" if p.get("images_per_s") else "?"
         data = f"pack {p['data_pack_dtype']}" if p.get("data_pack_dtype") else "h5 files"
         lines.append(f"| {row.name} | {iters} | {p.get('card', '?')} | {wall} | {speed} | "

@@ -1,6 +1,7 @@
 """scripts/reproduce.py: the committed results table is exactly what `table` regenerates from the
 committed run folders, and provenance carries a fingerprint of the code that ran."""
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def test_provenance_table_labels_shortened_schedules(reproduce):
                                         REPO / "results" / "acdc_fully_mamba_unet"])
     assert "| acdc_mt_unet_7cases | 2000 (shortened from 30000) |" in table
     assert "| acdc_fully_mamba_unet | 10000 |" in table
+
+
+def test_provenance_table_marks_rows_that_shared_the_card(reproduce, tmp_path):
+    for name, shared in (("alone", 1), ("pair", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "provenance.json").write_text(json.dumps(
+            {"iterations": 10, "wall_time_s": 120.0, "images_per_s": 50.0, "concurrent_rows": shared}))
+    table = reproduce.provenance_table([tmp_path / "alone", tmp_path / "pair"])
+    assert "| alone | 10 | ? | 2.0 min | 50 |" in table
+    assert "| pair | 10 | ? | 2.0 min (2 rows at once) | 50 |" in table
 
 
 def test_seeds_get_their_own_run_folders(reproduce):
