@@ -69,17 +69,30 @@ K_DIRECTIONS = 4
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
 #   projection as (T, channels) tiles); 4 is chosen by instruction count (benchmarks/NOTES-gpu.md).
+# bwd_block_d: channels per backward program (0: block_d); 16 puts two lanes on each channel, halving
+#   the per-thread state of the register-bound backward (see NOTES-gpu.md, third session).
+# bwd_maxnreg: register cap for the backward kernel (0: the compiler's choice, 255 today), trading
+#   spills for more warps per scheduler.
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
-           "segments": 0, "vector_steps": 4}
+           "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0}
 _TARGET_PROGRAMS = 4096  # ~8 one-warp programs per scheduler on a 132-SM H100/H200
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
-                     segments: Optional[int] = None, vector_steps: Optional[int] = None) -> dict:
+                     segments: Optional[int] = None, vector_steps: Optional[int] = None,
+                     bwd_block_d: Optional[int] = None, bwd_maxnreg: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
+    if bwd_block_d is not None:
+        if bwd_block_d < 0 or bwd_block_d & (bwd_block_d - 1):
+            raise UserError(f"triton_ss2d: bwd_block_d={bwd_block_d} must be 0 (same as block_d) or a power of two")
+        _CONFIG["bwd_block_d"] = int(bwd_block_d)
+    if bwd_maxnreg is not None:
+        if bwd_maxnreg != 0 and not 24 <= bwd_maxnreg <= 255:
+            raise UserError(f"triton_ss2d: bwd_maxnreg={bwd_maxnreg} must be 0 (no cap) or between 24 and 255")
+        _CONFIG["bwd_maxnreg"] = int(bwd_maxnreg)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
                      ("chunk", chunk), ("vector_steps", vector_steps)):
         if val is not None:
@@ -441,9 +454,15 @@ def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
     tiles = dict(H=h, W=w, N=n, BLOCK_D=block_d, BLOCK_N=max(triton.next_power_of_2(n), 2),
                  BLOCK_R=max(triton.next_power_of_2(r), 2), SEG=seg, STAGES=_CONFIG["stages"],
                  T=min(_CONFIG["vector_steps"], chunk))
+    bwd_block_d = _CONFIG["bwd_block_d"] or block_d
+    bwd_options = {"num_warps": _CONFIG["bwd_warps"]}
+    if _CONFIG["bwd_maxnreg"]:
+        bwd_options["maxnreg"] = _CONFIG["bwd_maxnreg"]
     return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), chunk=chunk, n_seg=n_seg,
                 atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles,
-                fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"])
+                fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"],
+                bwd_grid=(b * K_DIRECTIONS, triton.cdiv(d, bwd_block_d), n_seg),
+                bwd_tiles=dict(tiles, BLOCK_D=bwd_block_d), bwd_options=bwd_options)
 
 
 def _entering_values(plan: dict, args: tuple, carried: torch.Tensor, reverse: bool,
@@ -510,7 +529,7 @@ class _SS2DScanFn(torch.autograd.Function):
         b, h, w, d = x.shape
         n, r = A_t.shape[1], dtw_t.shape[1]
         plan = ctx.plan
-        grid, tiles, atomic = plan["grid"], plan["tiles"], plan["atomic"]
+        grid, tiles, atomic = plan["bwd_grid"], plan["bwd_tiles"], plan["atomic"]
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
         q_in = _entering_values(plan, tuple(args), gy, reverse=True, num_warps=plan["bwd_warps"])
@@ -521,7 +540,7 @@ class _SS2DScanFn(torch.autograd.Function):
                               **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in args[2:])
         _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r, b * h * w,
-                               CHUNK=plan["chunk"], ATOMIC=atomic, num_warps=plan["bwd_warps"], **tiles)
+                               CHUNK=plan["chunk"], ATOMIC=atomic, **plan["bwd_options"], **tiles)
         dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
