@@ -68,7 +68,8 @@ K_DIRECTIONS = 4
 #   buffers summed by torch.
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
-#   projection as (T, channels) tiles); 4 is chosen by instruction count (benchmarks/NOTES-gpu.md).
+#   projection as (T, channels) tiles); 4 was the fastest of 2 / 4 / 8 in the H200 sweep of v7
+#   (benchmarks/NOTES-gpu.md), though by less than the run-to-run spread.
 # bwd_block_d: channels per backward program (0: block_d); 16 puts two lanes on each channel, halving
 #   the per-thread state of the register-bound backward (see NOTES-gpu.md, third session).
 # bwd_maxnreg: register cap for the backward kernel (0: the compiler's choice, 255 today), trading
