@@ -48,18 +48,18 @@ def run_dir(args, backend: str, seed: int) -> Path:
 
 
 def val_curve(directory: Path) -> dict:
-    """{iteration: validation mean Dice} from a run's metrics.jsonl (whatever part of it exists)."""
-    curve = {}
-    path = directory / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if "val/net1/dice" in row:
-                curve[row["step"]] = row["val/net1/dice"]
-    return curve
+    """{iteration: validation mean Dice} from a run's metrics.jsonl (whatever part of it exists; a
+    run stopped mid-write leaves a torn last line, which the library's reader skips)."""
+    from ssl_mamba.metrics.figures import read_scalars
+
+    if not (directory / "metrics.jsonl").is_file():
+        return {}
+    steps, values = read_scalars(directory).get("val/net1/dice", ([], []))
+    return dict(zip(steps, values))
 
 
 def drive(args) -> None:
+    sys.path.insert(0, str(REPO))
     runs = [(b, s) for b in args.backends for s in args.seeds]
     procs = {}
     for backend, seed in runs:

@@ -369,16 +369,17 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
 def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", batch: int = 16,
                       bf16: bool = False, networks=None, size: int = 224, iters: int = 20,
                       device: str = "cuda") -> dict:
-    """One training iteration of a library method exactly as the trainer runs it (the method's
-    training_step, then each optimizer group's backward and step, then after_step), on synthetic
-    data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16 (8 labeled).
-    `networks` / `size` / `device` let it run small on a CPU as a smoke check."""
+    """One training iteration of a library method as the trainer runs it (`engine.step.run_iteration`:
+    the method's training_step, each optimizer group's finite check, backward and step, after_step),
+    on synthetic data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16
+    (8 labeled).  `networks` / `size` / `device` let it run small on a CPU as a smoke check."""
     import dataclasses
 
     from ssl_mamba.config import load_config
     from ssl_mamba.data.batch import Batch
     from ssl_mamba.engine.method import METHODS
     from ssl_mamba.engine.optim import build_all
+    from ssl_mamba.engine.step import run_iteration
     from ssl_mamba.engine.trainer import build_networks
     import methods  # noqa: F401 - registers the methods
 
@@ -387,8 +388,7 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, networks=list(networks)))
     torch.manual_seed(0)
     method = METHODS.get(cfg.method.name)(cfg, build_networks(cfg)).to(device)
-    groups = method.optimizer_groups()
-    optimizers, _ = build_all(groups, cfg.train)
+    optimizers, _ = build_all(method.optimizer_groups(), cfg.train)
     g = torch.Generator(device=device).manual_seed(0)
     data = Batch(image=torch.randn(batch, 1, size, size, generator=g, device=device),
                  label=torch.randint(0, cfg.data.num_classes, (batch, size, size), generator=g, device=device),
@@ -396,15 +396,7 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     method.train()
 
     def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            out = method.training_step(data, 1000)
-        for group, opt in zip(groups, optimizers):
-            loss = out.losses[group.name]
-            loss = loss() if callable(loss) else loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        method.after_step(1000)
+        run_iteration(method, optimizers, data, 1000, torch.device(device), "bf16" if bf16 else "none")
 
     if device != "cuda":
         t0 = time.time()

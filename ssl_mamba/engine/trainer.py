@@ -288,11 +288,11 @@ class Trainer:
             ddp.shutdown(self.dist)
 
     def _log_start(self) -> None:
+        if not self.dist.is_main:
+            return
         cfg = self.cfg
         sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in self.method.modules.items()}
         verb = f"resuming at iteration {self.iteration}" if self.resume else "starting"
-        if not self.dist.is_main:
-            return
         log.info("%s %s: method %s, networks %s, parameters %s, device %s, %d labeled / %d unlabeled slices",
                  verb, cfg.name, cfg.method.name, cfg.model.networks, sizes, self.device,
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
