@@ -304,22 +304,26 @@ def dice_ce(logits, label, k=4):
     return 0.5 * (ce + dice.mean())
 
 
-def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict = None) -> dict:
+def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict = None,
+                graphs: bool = False) -> dict:
     """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet.
 
-    cfg: Triton variant to use for this measurement (the current one is restored afterwards).
+    cfg: Triton variant to use for this measurement (the current one is restored afterwards);
+    graphs: the network's forward and backward CUDA-graphed by the library (train.cuda_graphs).
     """
     old = set_block_config(**cfg) if cfg else None
     try:
-        return _model_bench(backend, bf16, batch, iters)
+        return _model_bench(backend, bf16, batch, iters, graphs)
     finally:
         if old:
             set_block_config(**old)
 
 
-def mamba_unet_training(backend: str, bf16: bool, batch: int):
+def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False):
     """A full-size Mamba-UNet on `backend`'s scan with SGD and synthetic 224x224 data: (net, img,
-    step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss."""
+    step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss.
+    graphs: capture the network with the library's `engine.cuda_graphs` (as train.cuda_graphs does)."""
+    from ssl_mamba.engine.cuda_graphs import GraphedNetworks
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
@@ -329,9 +333,13 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int):
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     img = torch.randn(batch, 1, 224, 224, device="cuda")
     lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
+    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graphs)  # noqa: E731
+    captured = GraphedNetworks({"net1": net}, img, amp) if graphs else None
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        if captured is not None:
+            captured.new_iteration()
+        with amp():
             loss = dice_ce(net(img).float(), lab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,8 +349,8 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int):
     return net, img, step
 
 
-def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
-    net, img, step = mamba_unet_training(backend, bf16, batch)
+def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool) -> dict:
+    net, img, step = mamba_unet_training(backend, bf16, batch, graphs)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     warm = 5 if iters >= 10 else 1
@@ -368,18 +376,20 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int) -> dict:
 
 def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", batch: int = 16,
                       bf16: bool = False, networks=None, size: int = 224, iters: int = 20,
-                      device: str = "cuda") -> dict:
+                      device: str = "cuda", graphs: bool = False) -> dict:
     """One training iteration of a library method as the trainer runs it (`engine.step.run_iteration`:
     the method's training_step, each optimizer group's finite check, backward and step, after_step),
     on synthetic data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16
-    (8 labeled).  `networks` / `size` / `device` let it run small on a CPU as a smoke check."""
+    (8 labeled).  `networks` / `size` / `device` let it run small on a CPU as a smoke check;
+    `graphs` captures the students as train.cuda_graphs does."""
     import dataclasses
 
     from ssl_mamba.config import load_config
     from ssl_mamba.data.batch import Batch
     from ssl_mamba.engine.method import METHODS
     from ssl_mamba.engine.optim import build_all
-    from ssl_mamba.engine.step import run_iteration
+    from ssl_mamba.engine.cuda_graphs import GraphedNetworks
+    from ssl_mamba.engine.step import autocast_context, run_iteration
     from ssl_mamba.engine.trainer import build_networks
     import methods  # noqa: F401 - registers the methods
 
@@ -392,11 +402,15 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     g = torch.Generator(device=device).manual_seed(0)
     data = Batch(image=torch.randn(batch, 1, size, size, generator=g, device=device),
                  label=torch.randint(0, cfg.data.num_classes, (batch, size, size), generator=g, device=device),
-                 n_labeled=batch // 2)
+                 n_labeled=batch // 2 if method.needs_unlabeled else batch)
     method.train()
+    dev, amp = torch.device(device), "bf16" if bf16 else "none"
+    captured = None
+    if graphs:
+        captured = GraphedNetworks(method.students(), data.image, lambda: autocast_context(dev, amp, cache=False))
 
     def step():
-        run_iteration(method, optimizers, data, 1000, torch.device(device), "bf16" if bf16 else "none")
+        run_iteration(method, optimizers, data, 1000, dev, amp, graphs=captured)
 
     if device != "cuda":
         t0 = time.time()
@@ -472,12 +486,18 @@ def main() -> None:
             phase(f"model_b{batch}_baseline_fp32", lambda: model_bench("mamba_ssm", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_fp32", lambda: model_bench("triton", False, batch), out_dir, need)
         phase(f"model_b{batch}_ours_bf16", lambda: model_bench("triton", True, batch), out_dir, need)
+        phase(f"model_b{batch}_ours_bf16_graphs", lambda: model_bench("triton", True, batch, graphs=True),
+              out_dir, need)
         if batch == 24:
+            phase("model_b24_ours_fp32_graphs", lambda: model_bench("triton", False, 24, graphs=True), out_dir, need)
             phase("model_b24_ours_fp32_seg1", lambda: model_bench("triton", False, 24,
                                                                    cfg=dict(RESULTS["tile_config"], segments=1)),
                   out_dir, need)
     phase("cross_teaching_b16_ours_fp32", lambda: method_step_bench(bf16=False), out_dir, 25)
     phase("cross_teaching_b16_ours_bf16", lambda: method_step_bench(bf16=True), out_dir, 25)
+    phase("cross_teaching_b16_ours_bf16_graphs", lambda: method_step_bench(bf16=True, graphs=True), out_dir, 25)
+    phase("supervised_b24_ours_bf16_graphs",  # the trainer's own step for the fully supervised Mamba-UNet row
+          lambda: method_step_bench("configs/acdc/fully_mamba_unet.yaml", 24, bf16=True, graphs=True), out_dir, 25)
     phase("profile_b24_ours_fp32", lambda: profile_step(False), out_dir, 25)
     phase("profile_b24_ours_bf16", lambda: profile_step(True), out_dir, 25)
     if args.torch_ref:
@@ -492,6 +512,8 @@ def summarize(shape, out_dir: Path) -> None:
     r["baseline_img_s"] = get("model_b24_baseline_fp32", "train_img_s")
     r["ours_fp32_img_s"] = get("model_b24_ours_fp32", "train_img_s")
     r["ours_bf16_img_s"] = get("model_b24_ours_bf16", "train_img_s")
+    r["ours_bf16_graphs_img_s"] = get("model_b24_ours_bf16_graphs", "train_img_s")
+    r["ours_bf16_graphs_peak_gib"] = get("model_b24_ours_bf16_graphs", "peak_gib")
     r["baseline_peak_gib"] = get("model_b24_baseline_fp32", "peak_gib")
     r["ours_bf16_peak_gib"] = get("model_b24_ours_bf16", "peak_gib")
     for elt, key in ((4, "op_triton_fp32"), (2, "op_triton_bf16")):
@@ -504,7 +526,8 @@ def summarize(shape, out_dir: Path) -> None:
           f"{'x base':>7s} {'b1 img/s':>9s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
-        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_fp32_seg1", "torchref_fp32"):
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_fp32_graphs", "ours_fp32_seg1",
+                  "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
@@ -520,7 +543,8 @@ def summarize(shape, out_dir: Path) -> None:
         if isinstance(val, dict) and "fwd_ms" in val:
             print(f"sweep {key:29s} fwd {val['fwd_ms']:7.3f} ms  fwd+bwd {val['fwd_bwd_ms']:7.3f} ms")
     print("best", sweep.get("best"))
-    for key in ("cross_teaching_b16_ours_fp32", "cross_teaching_b16_ours_bf16"):
+    for key in ("cross_teaching_b16_ours_fp32", "cross_teaching_b16_ours_bf16", "cross_teaching_b16_ours_bf16_graphs",
+                "supervised_b24_ours_bf16_graphs"):
         print(f"{key}: {json.dumps(r.get(key), default=str)[:200]}")
     for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")

@@ -70,6 +70,11 @@ class TrainConfig:
     # TF32 tensor cores for fp32 matmuls/convolutions on Ampere+ GPUs (10-bit mantissa products,
     # fp32 accumulation): ~3x faster GEMMs.  false reproduces the original's full-fp32 arithmetic.
     tf32: bool = True
+    # CUDA only: record each student network's forward and backward as CUDA graphs at the first
+    # iteration and replay them (removes per-kernel launch overhead; engine/cuda_graphs.py).  Needs
+    # a method that calls each student once per iteration on the whole batch (supervised, CPS,
+    # cross teaching); other methods stop with an error naming the network.
+    cuda_graphs: bool = False
     on_nonfinite: str = "stop"  # stop | skip
     log_images_every: int = 1000
     # Data-parallel runs (torchrun): BatchNorm -> SyncBatchNorm (CUDA only); false keeps per-process statistics.

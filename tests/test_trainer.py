@@ -354,3 +354,10 @@ def test_every_registered_method_trains(tmp_path, phantom_root, method):
 
 if __name__ == "__main__":  # test_resume's child process: train CONFIG into RUN_DIR
     Trainer(load_config(sys.argv[1]), Path(sys.argv[2]), progress=False).fit()
+
+
+def test_cuda_graphs_on_a_cpu_device_fails_before_training(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, cuda_graphs=True)
+    with pytest.raises(ConfigError, match="train.cuda_graphs needs a CUDA device"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -37,10 +37,11 @@ class IterationResult:
     skipped: Optional[str] = None  # why the iteration was skipped (non-finite loss), else None
 
 
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for amp == "bf16", a no-op otherwise."""
+def autocast_context(device: torch.device, amp: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast for amp == "bf16", a no-op otherwise.  cache=False turns off autocast's cache of
+    low-precision weight copies, which CUDA-graphed networks require (the copies live in the graph)."""
     if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -66,9 +67,12 @@ def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
 
 
 def run_iteration(method: Method, optimizers: list, batch, step: int, device: torch.device,
-                  amp: str = "none", on_nonfinite: str = "stop", sync=None) -> IterationResult:
-    """Forward, per-group backward/step, after_step.  `step` is the 0-based iteration index."""
-    amp_ctx = lambda: autocast_context(device, amp)  # noqa: E731  (a fresh context per use)
+                  amp: str = "none", on_nonfinite: str = "stop", sync=None, graphs=None) -> IterationResult:
+    """Forward, per-group backward/step, after_step.  `step` is the 0-based iteration index;
+    `graphs`: the run's `cuda_graphs.GraphedNetworks`, if its networks are CUDA-graphed."""
+    amp_ctx = lambda: autocast_context(device, amp, cache=graphs is None)  # noqa: E731  (a fresh one per use)
+    if graphs is not None:
+        graphs.new_iteration()
     with amp_ctx():
         out = method.training_step(batch, step)
     result = IterationResult(logs=dict(out.logs), images=dict(out.images))

@@ -28,10 +28,11 @@ from ..utils.log import get_logger
 from . import distributed as ddp
 from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, save_network,
                          seed_everything)
+from .cuda_graphs import GraphedNetworks
 from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
-from .step import IterationResult, TrainingDiverged, run_iteration
+from .step import IterationResult, TrainingDiverged, autocast_context, run_iteration
 
 log = get_logger("engine.trainer")
 
@@ -179,10 +180,22 @@ class Trainer:
         self.stream = build_train_stream(cfg.data, self.source, self.split, cfg.method.batch_size,
                                          labeled_batch_size, cfg.train.seed, self.device,
                                          self.dist.rank, self.dist.world_size)
+        self.graphs: Optional[GraphedNetworks] = None  # captured at the first iteration (train.cuda_graphs)
+        if cfg.train.cuda_graphs and self.device.type != "cuda":
+            raise ConfigError(f"train.cuda_graphs needs a CUDA device; train.device resolves to {self.device}")
+        if cfg.train.cuda_graphs and cfg.train.sync_bn and self.dist.enabled:
+            raise ConfigError("train.cuda_graphs cannot capture SyncBatchNorm's collectives; set train.sync_bn=false")
         self.iteration = 0
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
         self.elapsed = {"wall": 0.0, "train": 0.0}
+
+    def _capture_graphs(self, batch) -> GraphedNetworks:
+        t = self.cfg.train
+        log.info("capturing CUDA graphs of %s for input %s", ", ".join(self.method.students()),
+                 list(batch.image.shape))
+        return GraphedNetworks(self.method.students(), batch.image,
+                               lambda: autocast_context(self.device, t.amp, cache=False))
 
     def _labeled_batch_size(self) -> int:
         m = self.cfg.method
@@ -314,8 +327,10 @@ class Trainer:
                 tick = time.perf_counter()
                 self.method.train()
                 batch = next_batch(stream)
+                if t.cuda_graphs and self.graphs is None:
+                    self.graphs = self._capture_graphs(batch)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
-                                       t.amp, t.on_nonfinite, self.sync)
+                                       t.amp, t.on_nonfinite, self.sync, self.graphs)
                 if self.sync is not None:
                     ddp.broadcast_state(self.method.modules, self.dist, buffers_only=True)
                     result.logs = self.sync.mean_scalars(result.logs)

@@ -6,6 +6,8 @@ the same state-dict names (`proj`, `norm`, `reduction`, `expand`).
 import torch
 from torch import nn
 
+from .norm import ProjectionLayerNorm
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch_size x patch_size conv, then LayerNorm: (B, Cin, H, W) -> (B, H/p, W/p, C)."""
@@ -29,7 +31,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = ProjectionLayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, h, w, _ = x.shape

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..ops import ss2d_scan
 from .drop_path import DropPath
+from .norm import ProjectionLayerNorm
 
 NUM_DIRECTIONS = 4
 
@@ -53,7 +54,7 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.empty(NUM_DIRECTIONS * d))
         self.in_proj = nn.Linear(d_model, 2 * d, bias=False)
         self.conv2d = nn.Conv2d(d, d, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d, bias=True)
-        self.out_norm = nn.LayerNorm(d)
+        self.out_norm = ProjectionLayerNorm(d)
         self.out_proj = nn.Linear(d, d_model, bias=False)
         self.reset_ssm_parameters(dt_min, dt_max, dt_scale, dt_init_floor)
 
@@ -97,7 +98,7 @@ class VSSBlock(nn.Module):
 
     def __init__(self, dim: int, drop_path: float = 0.0, d_state: int = 16, scan_backend: str = "auto"):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
+        self.ln_1 = ProjectionLayerNorm(dim)
         self.self_attention = SS2D(dim, d_state=d_state, scan_backend=scan_backend)
         self.drop_path = DropPath(drop_path)
 

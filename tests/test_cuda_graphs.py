@@ -1,0 +1,57 @@
+"""train.cuda_graphs: the call guard (CPU), the CPU refusal, and on a GPU a graphed step equal to an eager one."""
+import copy
+
+import pytest
+import torch
+
+from ssl_mamba.engine.cuda_graphs import CallGuard, GraphedNetworks
+from ssl_mamba.engine.step import autocast_context
+from ssl_mamba.errors import ConfigError
+from ssl_mamba.models import create_model
+
+
+def test_guard_allows_one_call_per_iteration_and_names_the_network():
+    guard = CallGuard("net2", (4, 1, 32, 32), torch.float32)
+    x = torch.zeros(4, 1, 32, 32)
+    guard.check(x)
+    with pytest.raises(ConfigError, match="'net2' is called 2 times"):
+        guard.check(x)
+    guard.calls = 0  # what GraphedNetworks.new_iteration does
+    guard.check(x)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 1, 32, 32), torch.zeros(4, 1, 32, 32, dtype=torch.float64)])
+def test_guard_rejects_another_shape_or_dtype(bad):
+    guard = CallGuard("net1", (4, 1, 32, 32), torch.float32)
+    with pytest.raises(ConfigError, match=r"captured for one torch.float32 input of shape \[4, 1, 32, 32\]"):
+        guard.check(bad)
+
+
+def test_capture_refuses_a_cpu_batch():
+    net = create_model("unet", num_classes=4)
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        GraphedNetworks({"net1": net}, torch.zeros(2, 1, 32, 32), lambda: autocast_context(torch.device("cpu"), "none"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_training_steps_match_eager_steps():
+    torch.manual_seed(0)
+    eager = create_model("unet", num_classes=4).cuda().train()
+    graphed = copy.deepcopy(eager)
+    x = torch.randn(4, 1, 64, 64, device="cuda")
+    label = torch.randint(0, 4, (4, 64, 64), device="cuda")
+    graphs = GraphedNetworks({"net1": graphed}, x, lambda: autocast_context(torch.device("cuda"), "none", cache=False))
+    opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9) for n in (eager, graphed)]
+    for _ in range(3):
+        graphs.new_iteration()
+        for net, opt in zip((eager, graphed), opts):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), label).backward()
+            opt.step()
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+    with pytest.raises(ConfigError, match="called 2 times"):
+        graphed(x)  # second call in the same iteration
+    graphed.eval()
+    with torch.no_grad():
+        assert graphed(x[:1]).shape == (1, 4, 64, 64)  # eval mode: plain forward, any shape
