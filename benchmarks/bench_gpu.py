@@ -357,6 +357,9 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool)
     times = cuda_time(step, warm, iters)
     loss = float(step())
     peak = torch.cuda.max_memory_allocated() / 1024 ** 3
+    # what the process holds: for a graphed network its activations live in the graph's private
+    # pool, which max_memory_allocated does not count once the capture is over
+    peak_reserved = torch.cuda.max_memory_reserved() / 1024 ** 3
     net.eval()
 
     def infer(batch_img):
@@ -369,7 +372,7 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool)
     ms = median(times)
     del net, step
     torch.cuda.empty_cache()
-    return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak,
+    return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak, "peak_reserved_gib": peak_reserved,
             "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms,
             "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
@@ -422,9 +425,11 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     torch.cuda.reset_peak_memory_stats()
     ms = median(cuda_time(step, 3, iters))
     peak = torch.cuda.max_memory_allocated() / 1024 ** 3
+    peak_reserved = torch.cuda.max_memory_reserved() / 1024 ** 3
     del method, optimizers
     torch.cuda.empty_cache()
-    return {"step_ms": ms, "img_s": batch * 1000 / ms, "peak_gib": peak, "method": cfg.method.name,
+    return {"step_ms": ms, "img_s": batch * 1000 / ms, "peak_gib": peak, "peak_reserved_gib": peak_reserved,
+            "method": cfg.method.name,
             "networks": cfg.model.networks}
 
 
@@ -452,6 +457,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the JSON name, e.g. -v3")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--torch-ref", action="store_true", help="also time the torch reference scan (slow)")
+    ap.add_argument("--no-sweep", action="store_true", help="time only the default tiles (saves ~40 s)")
     args = ap.parse_args()
     _RUN.update(budget=args.budget, tag=args.tag)
     out_dir = Path(args.out)
@@ -467,7 +473,8 @@ def main() -> None:
     shape = (24, 56, 56, 192, 16, 6)
     ins = scan_inputs(*shape)
     gy = torch.randn(*shape[:4], device="cuda")
-    phase("tile_sweep_fp32", lambda: sweep_tiles(ins, gy), out_dir)
+    if not args.no_sweep:
+        phase("tile_sweep_fp32", lambda: sweep_tiles(ins, gy), out_dir)
     RESULTS["tile_config"] = dict(triton_ss2d._CONFIG)
     phase("correctness_best", check_correctness, out_dir)
     phase("op_triton_fp32", lambda: op_bench("triton", torch.float32, ins, gy), out_dir)
@@ -522,8 +529,8 @@ def summarize(shape, out_dir: Path) -> None:
             r[key]["fwd_gbps"] = op_floor_bytes(*shape, elt) / get(key, "fwd_ms") / 1e6
     save(out_dir)
     print(f"\ncard {r['card']}  commit {r['commit']}  copy {r.get('copy_gbps')} GB/s  tiles {r.get('tile_config')}")
-    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'infer img/s':>11s} "
-          f"{'x base':>7s} {'b1 img/s':>9s} {'x base':>7s}")
+    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'reserved':>9s} "
+          f"{'infer img/s':>11s} {'x base':>7s} {'b1 img/s':>9s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_fp32_graphs", "ours_fp32_seg1",
@@ -537,6 +544,7 @@ def summarize(shape, out_dir: Path) -> None:
             ir = m["infer_img_s"] / base["infer_img_s"] if "infer_img_s" in base else float("nan")
             i1 = m["infer_b1_img_s"] / base["infer_b1_img_s"] if "infer_b1_img_s" in base else float("nan")
             print(f"b{batch} {v:30s} {m['train_ms']:9.1f} {m['train_img_s']:8.1f} {tr:7.2f} {m['peak_gib']:9.2f} "
+                  f"{m.get('peak_reserved_gib', float('nan')):9.2f} "
                   f"{m['infer_img_s']:11.1f} {ir:7.2f} {m['infer_b1_img_s']:9.1f} {i1:7.2f}")
     sweep = r.get("tile_sweep_fp32", {})
     for key, val in sweep.items():

@@ -37,6 +37,9 @@ def test_capture_refuses_a_cpu_batch():
 def test_graphed_training_steps_match_eager_steps():
     torch.manual_seed(0)
     eager = create_model("unet", num_classes=4).cuda().train()
+    for module in eager.modules():  # the two nets draw different dropout masks; compare without them
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
     graphed = copy.deepcopy(eager)
     x = torch.randn(4, 1, 64, 64, device="cuda")
     label = torch.randint(0, 4, (4, 64, 64), device="cuda")

@@ -1,4 +1,5 @@
 """ProjectionLayerNorm: nn.LayerNorm outside autocast, bf16 out (fp32 statistics) inside it."""
+import pytest
 import torch
 from torch import nn
 
@@ -27,13 +28,17 @@ def test_without_autocast_identical_to_layernorm():
     assert torch.equal(ours(x), ref(x))
 
 
-def test_under_autocast_returns_bf16_close_to_fp32_with_fp32_grads():
-    ref, ours = _pair()
-    x = (torch.randn(2, 5, 7, 48) * 3 + 1).requires_grad_()
-    gy = torch.randn(2, 5, 7, 48)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_autocast_returns_bf16_close_to_fp32_with_fp32_grads(device):
+    ref, ours = (m.to(device) for m in _pair())
+    x = (torch.randn(2, 5, 7, 48, device=device) * 3 + 1).requires_grad_()
+    gy = torch.randn(2, 5, 7, 48, device=device)
     y_ref = ref(x)
     g_ref = torch.autograd.grad(y_ref, [x, ref.weight, ref.bias], gy)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         y = ours(x)
     assert y.dtype == torch.bfloat16
     g = torch.autograd.grad(y, [x, ours.weight, ours.bias], gy.bfloat16())
