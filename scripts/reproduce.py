@@ -162,7 +162,8 @@ def command_run(args: argparse.Namespace) -> None:
                 print(f"FAILED {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
                       flush=True)
                 continue
-            dest = publish(run_dir, results, args.commit, full[config], source, min(args.jobs, len(jobs)))
+            shared = args.concurrent_rows or min(args.jobs, len(jobs))
+            dest = publish(run_dir, results, args.commit, full[config], source, shared)
             print(f"published {dest}", flush=True)
 
 
@@ -210,6 +211,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--iterations", type=int, help="shortened schedule (recorded as such in provenance.json)")
     run.add_argument("--seeds", type=int, nargs="+", help="train each row at these seeds (the table shows mean ± std)")
     run.add_argument("--jobs", type=int, default=1, help="rows trained at once (they share the GPU)")
+    run.add_argument("--concurrent-rows", type=int,
+                     help="rows sharing the card when several reproduce commands run at once (default: --jobs)")
     run.add_argument("--runs", default="runs/reproduce")
     run.add_argument("--results", default=str(REPO / "results"))
     run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")

@@ -33,14 +33,29 @@ def test_capture_refuses_a_cpu_batch():
         GraphedNetworks({"net1": net}, torch.zeros(2, 1, 32, 32), lambda: autocast_context(torch.device("cpu"), "none"))
 
 
+@pytest.fixture
+def full_fp32():
+    """TF32 off: the graphed and eager nets may get different convolution algorithms, which in TF32
+    differ by ~1e-3 after a few SGD steps; in fp32 they agree to ~1e-6."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_graphed_training_steps_match_eager_steps():
+def test_graphed_training_steps_match_eager_steps(full_fp32):
     torch.manual_seed(0)
     eager = create_model("unet", num_classes=4).cuda().train()
     for module in eager.modules():  # the two nets draw different dropout masks; compare without them
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
     graphed = copy.deepcopy(eager)
+    initial = copy.deepcopy(eager.state_dict())
     x = torch.randn(4, 1, 64, 64, device="cuda")
     label = torch.randint(0, 4, (4, 64, 64), device="cuda")
     graphs = GraphedNetworks({"net1": graphed}, x, lambda: autocast_context(torch.device("cuda"), "none", cache=False))
@@ -52,7 +67,11 @@ def test_graphed_training_steps_match_eager_steps():
             torch.nn.functional.cross_entropy(net(x), label).backward()
             opt.step()
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+        if a.is_floating_point():  # weights and BatchNorm statistics moved alike in both nets
+            moved, err = _rel(initial[name], a), _rel(b, a)
+            assert err <= 1e-4 and (moved > 1e-3 or moved == 0.0), (name, err, moved)
+        else:
+            assert torch.equal(a, b), name  # num_batches_tracked: the capture's passes were undone
     with pytest.raises(ConfigError, match="called 2 times"):
         graphed(x)  # second call in the same iteration
     graphed.eval()
