@@ -43,16 +43,11 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # The shipped default first, as the control of the sweep; the model runs use the sweep's fastest
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
-               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0)
-# Next session's questions (NOTES-gpu.md, third session): does the register-bound backward gain from
-# two lanes per channel and/or a register cap (more warps per scheduler, some spills)?
+               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0)
+# This session's question (NOTES-gpu.md, fourth session): does the persistent backward (scratch for
+# the resident programs only) cost time against one program per work item?
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
-         dict(DEFAULT, bwd_block_d=16),
-         dict(DEFAULT, bwd_block_d=16, bwd_maxnreg=128),
-         dict(DEFAULT, bwd_maxnreg=168),
-         dict(DEFAULT, bwd_maxnreg=128),
-         dict(DEFAULT, bwd_block_d=8),
-         dict(DEFAULT, stages=3)]
+         dict(DEFAULT, bwd_programs=1 << 20)]  # more than any item count: one program per item
 
 
 def time_left() -> float:
@@ -62,7 +57,7 @@ def time_left() -> float:
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
             f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}"
-            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}")
+            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}")
 
 
 def save(out_dir: Path) -> None:

@@ -46,7 +46,8 @@ def full_fp32():
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -72,7 +73,10 @@ def test_graphed_training_steps_match_eager_steps(full_fp32):
     assert moved > 1e-3  # the steps changed the weights, so a graph replaying stale ones would show
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
         if a.is_floating_point():  # weights and BatchNorm statistics alike in both nets
-            assert _rel(b, a) <= 1e-4, (name, _rel(b, a), _rel(initial[name], a))
+            # relative 1e-4, or 1e-6 absolute for tensors of noise-sized values (~1e-5, e.g. BatchNorm
+            # means of centred features), where cuDNN's summation order alone moves the ratio to ~1e-3
+            close = _rel(b, a) <= 1e-4 or float((b - a).abs().max()) <= 1e-6
+            assert close, (name, _rel(b, a), float((b - a).abs().max()))
         else:
             assert torch.equal(a, b), name  # num_batches_tracked: the capture's passes were undone
     with pytest.raises(ConfigError, match="called 2 times"):

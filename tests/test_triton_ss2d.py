@@ -100,18 +100,20 @@ SCRIPT = PRELUDE + textwrap.dedent('''
     # odd sizes: batch 1, H != W, L = 15 not a multiple of the chunk, D = 12 not a multiple of the
     # channel tile, N = 4; automatic segments (here one per chunk, the last one 3 steps long, so its
     # 4-step group has an invalid step)
-    # (the backward on its own 4-channel blocks)
-    set_block_config(block_d=8, chunk=4, stages=2, atomic_merge=False, segments=0, vector_steps=4, bwd_block_d=4)
+    # (the backward on its own 4-channel blocks, its 48 work items taken by 5 persistent programs)
+    set_block_config(block_d=8, chunk=4, stages=2, atomic_merge=False, segments=0, vector_steps=4, bwd_block_d=4,
+                     bwd_programs=5)
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
     out["fp32_odd"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     # same sizes, one channel block with masked lanes, one chunk longer than the sequence, no
     # pipelining, directions merged by atomics, 8-step groups (the last one partly past the end)
-    set_block_config(block_d=16, chunk=16, stages=1, atomic_merge=True, vector_steps=8, bwd_block_d=0)
+    set_block_config(block_d=16, chunk=16, stages=1, atomic_merge=True, vector_steps=8, bwd_block_d=0,
+                     bwd_programs=0)
     out["fp32_odd_partials"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["torch_ref_odd"] = errors(lambda *a: ss2d_scan(*a, backend="torch"), ins, gy, torch.float32)
     # several chunks, d_state 16, batch 2, W > H, two channel blocks (one in the backward, 16 wide),
     # two segments of 3 and 2 chunks
-    set_block_config(block_d=8, chunk=4, stages=3, segments=2, vector_steps=2, bwd_block_d=16)
+    set_block_config(block_d=8, chunk=4, stages=3, segments=2, vector_steps=2, bwd_block_d=16, bwd_programs=3)
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
@@ -206,7 +208,8 @@ def test_mamba_unet_with_triton_scan_matches_torch_reference(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(block_d=12), dict(chunk=0), dict(stages=9), dict(segments=-1),
-                                 dict(bwd_block_d=24), dict(bwd_maxnreg=300), dict(bwd_maxnreg=8)])
+                                 dict(bwd_block_d=24), dict(bwd_maxnreg=300), dict(bwd_maxnreg=8),
+                                 dict(bwd_programs=-1)])
 def test_bad_block_config_is_refused_and_leaves_the_config_alone(bad):
     from ssl_mamba.errors import UserError
     from ssl_mamba.ops import triton_ss2d
@@ -223,6 +226,19 @@ def test_backward_launch_plan_has_its_own_channel_blocks_and_register_cap():
         plan = triton_ss2d._launch_plan(2, 8, 8, 96, 16, 6)
     finally:
         triton_ss2d.set_block_config(**old)
-    assert plan["grid"][1] == 3 and plan["bwd_grid"][1] == 6  # 96 channels in blocks of 32 / 16
+    assert plan["grid"][1] == 3 and plan["bwd_items"][1] == 6  # 96 channels in blocks of 32 / 16
     assert plan["tiles"]["BLOCK_D"] == 32 and plan["bwd_tiles"]["BLOCK_D"] == 16
     assert plan["bwd_options"] == {"num_warps": 1, "maxnreg": 128}
+
+
+def test_persistent_backward_spreads_items_evenly_over_at_most_the_resident_programs():
+    from ssl_mamba.ops import triton_ss2d
+    old = triton_ss2d.set_block_config(bwd_programs=1056)  # 132 SMs x 8, an H100/H200
+    try:
+        # the first stage at batch 24: 96 (batch, direction) x 6 channel blocks x 7 segments
+        assert triton_ss2d._backward_programs(4032, torch.device("cuda")) == 1008  # 4 items each
+        assert triton_ss2d._backward_programs(500, torch.device("cuda")) == 500  # all resident at once
+        assert triton_ss2d._backward_programs(1057, torch.device("cuda")) == 529  # 2 items each (one has 1)
+    finally:
+        triton_ss2d.set_block_config(**old)
+    assert triton_ss2d._backward_programs(48, torch.device("cpu")) == 48  # automatic on a CPU: one per item

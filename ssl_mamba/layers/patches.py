@@ -57,7 +57,7 @@ class PatchExpand(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.expand = nn.Linear(dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(dim // 2)
+        self.norm = ProjectionLayerNorm(dim // 2)  # feeds the decoder's concat + Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(pixel_shuffle_last(self.expand(x), 2))
@@ -73,7 +73,7 @@ class FinalPatchExpand(nn.Module):
         super().__init__()
         self.scale = scale
         self.expand = nn.Linear(dim, scale * scale * dim, bias=False)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = ProjectionLayerNorm(dim)  # feeds the 1x1 output conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(pixel_shuffle_last(self.expand(x), self.scale))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .drop_path import DropPath
+from .norm import ProjectionLayerNorm
 
 MASK_VALUE = -100.0  # additive attention mask between tokens from different shifted regions
 
@@ -111,10 +112,10 @@ class SwinBlock(nn.Module):
         h, w = self.resolution
         if h % self.window_size or w % self.window_size:
             raise ValueError(f"token grid {h}x{w} is not divisible by the window size {self.window_size}")
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = ProjectionLayerNorm(dim)  # feeds qkv
         self.attn = WindowAttention(dim, self.window_size, num_heads)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = ProjectionLayerNorm(dim)  # feeds the MLP
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         mask = shifted_window_mask(h, w, self.window_size, self.shift_size) if self.shift_size else None
         self.register_buffer("attn_mask", mask)

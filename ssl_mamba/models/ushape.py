@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..layers import FinalPatchExpand, PatchEmbed, PatchExpand, PatchMerging, init_linear_and_norm
+from ..layers import FinalPatchExpand, PatchEmbed, PatchExpand, PatchMerging, ProjectionLayerNorm, init_linear_and_norm
 
 # block_factory(stage, dim, drop_path, block_index) -> module mapping (B, H, W, C) to itself.
 BlockFactory = Callable[[int, int, float, int], nn.Module]
@@ -86,8 +86,8 @@ class UShapedNet(nn.Module):
             self.layers_up.append(Stage([block_factory(s, dims[s], rates[s][j], j) for j in range(depths[s])],
                                         upsample=PatchExpand(dims[s]) if i < n - 1 else None))
             self.concat_back_dim.append(nn.Linear(2 * dims[s], dims[s]))
-        self.norm = nn.LayerNorm(dims[-1])
-        self.norm_up = nn.LayerNorm(dims[0])
+        self.norm = ProjectionLayerNorm(dims[-1])  # feeds layers_up[0]'s expand Linear
+        self.norm_up = ProjectionLayerNorm(dims[0])  # feeds the final expand Linear
         self.up = FinalPatchExpand(dims[0], patch_size)
         self.output = nn.Conv2d(dims[0], num_classes, kernel_size=1, bias=False)
         self.apply(init_linear_and_norm)

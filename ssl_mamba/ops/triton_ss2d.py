@@ -74,8 +74,14 @@ K_DIRECTIONS = 4
 #   the per-thread state of the register-bound backward (see NOTES-gpu.md, third session).
 # bwd_maxnreg: register cap for the backward kernel (0: the compiler's choice, 255 today), trading
 #   spills for more warps per scheduler.
+# bwd_programs: programs of the persistent backward, each looping over work items (0: as many as
+#   fit on the GPU at once, _BWD_PROGRAMS_PER_SM per SM; on a CPU one per item).  Each program
+#   needs one chunk of recompute scratch (128 KB at chunk 64, 16 states, 32 channels), so sizing
+#   the grid to the resident programs instead of the ~4,000 items of the first stage cuts that
+#   transient from ~530 MB to ~140 MB at batch 24.
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
-           "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0}
+           "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0}
+_BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
 _TARGET_PROGRAMS = 4096  # ~8 one-warp programs per scheduler on a 132-SM H100/H200
 
 
@@ -83,7 +89,8 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
                      segments: Optional[int] = None, vector_steps: Optional[int] = None,
-                     bwd_block_d: Optional[int] = None, bwd_maxnreg: Optional[int] = None) -> dict:
+                     bwd_block_d: Optional[int] = None, bwd_maxnreg: Optional[int] = None,
+                     bwd_programs: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     if bwd_block_d is not None:
@@ -94,6 +101,10 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
         if bwd_maxnreg != 0 and not 24 <= bwd_maxnreg <= 255:
             raise UserError(f"triton_ss2d: bwd_maxnreg={bwd_maxnreg} must be 0 (no cap) or between 24 and 255")
         _CONFIG["bwd_maxnreg"] = int(bwd_maxnreg)
+    if bwd_programs is not None:
+        if bwd_programs < 0:
+            raise UserError(f"triton_ss2d: bwd_programs={bwd_programs} must be >= 0 (0: automatic)")
+        _CONFIG["bwd_programs"] = int(bwd_programs)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
                      ("chunk", chunk), ("vector_steps", vector_steps)):
         if val is not None:
@@ -147,17 +158,16 @@ if triton is not None:
         return tl.where(x > 20.0, x, lp)
 
     @triton.jit
-    def _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-        """What every kernel derives from the program id: batch b, direction k, the offsets and
-        masks, and this block's fp32 parameters: A * log2(e) (BN, BD), the dt projection (BR, BD),
+    def _program_setup(pid_bk, pid_d, a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+        """What every kernel derives from its work item (batch * 4 + direction, channel block): batch b,
+        direction k, the offsets and masks, and this block's fp32 parameters: A * log2(e) (BN, BD), the dt projection (BR, BD),
         the D skip and the dt bias (BD,).  A and the dt projection arrive transposed, (4, N, D) and
         (4, R, D), so every (., BD) access is contiguous along the channels and Triton lays the
         state out with the channels across lanes and N inside each thread."""
-        pid_bk = tl.program_id(0)
         b = pid_bk // 4
         k = pid_bk % 4
-        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
         offs_n = tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
@@ -259,7 +269,8 @@ if triton is not None:
         """Scan one segment from its entering state (hin, from the state pre-pass; zero for the
         first segment), writing y and the state checkpoint at each chunk start."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
-            _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
+            _program_setup(tl.program_id(0), tl.program_id(1), a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D,
+                           BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
         NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
         NSEG: tl.constexpr = (L + SEG - 1) // SEG
@@ -300,7 +311,8 @@ if triton is not None:
         at its last step (q_{t-1} = exp(delta_t A) (q_t + C_t dy_t)).  Both: sum of delta over the
         segment (BD,), so the segment's total decay is exp(A * sum)."""
         b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
-            _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
+            _program_setup(tl.program_id(0), tl.program_id(1), a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D,
+                           BLOCK_N, BLOCK_R)
         L: tl.constexpr = H * W
         NSEG: tl.constexpr = (L + SEG - 1) // SEG
         t_start, t_end = _segment(L, SEG)
@@ -363,35 +375,50 @@ if triton is not None:
 
     @triton.jit
     def _ss2d_bwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr_ptr,
-                         dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
+                         dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS, NBK,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
                          SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr):
-        """The backward of one segment, its chunks in reverse, from the decayed adjoint entering at
-        its end (qin, from the adjoint pre-pass; zero for the last segment)."""
-        b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
-            _program_setup(a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
+        """Persistent: each program takes work items (batch * 4 + direction, channel block, segment)
+        in turn, so that the recompute scratch is needed once per program rather than per item."""
         L: tl.constexpr = H * W
-        NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
-        pid_d = tl.program_id(1)
-        hs_base = hs_ptr + tl.program_id(0) * NCHUNK * N * D + offs_n[:, None] * D + offs_d[None, :]
         NSEG: tl.constexpr = (L + SEG - 1) // SEG
-        CPS: tl.constexpr = SEG // CHUNK  # chunks per segment
+        ndb = tl.cdiv(D, BLOCK_D)
         # This program's scratch: the states of one chunk, (CHUNK, BN, BD), each element written and
         # read back by the same thread.
-        prog = (tl.program_id(0) * tl.num_programs(1) + pid_d) * NSEG + tl.program_id(2)
-        scr = scr_ptr + prog * CHUNK * BLOCK_N * BLOCK_D + offs_n[:, None] * BLOCK_D + \
-            tl.arange(0, BLOCK_D)[None, :]
+        scr = scr_ptr + tl.program_id(0) * CHUNK * BLOCK_N * BLOCK_D + \
+            tl.arange(0, BLOCK_N)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+        for item in range(tl.program_id(0), NBK * ndb * NSEG, tl.num_programs(0)):
+            _bwd_item(item // (ndb * NSEG), item // NSEG % ndb, item % NSEG, x_ptr, xdbl_ptr, a_ptr, dtw_ptr,
+                      ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr,
+                      dbias_ptr, D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T, ATOMIC)
+
+    @triton.jit
+    def _bwd_item(pid_bk, pid_d, pid_seg, x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr,
+                  qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
+                  H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, SEG: tl.constexpr, STAGES: tl.constexpr,
+                  T: tl.constexpr, ATOMIC: tl.constexpr):
+        """The backward of one segment of one (batch, direction, channel block), its chunks in reverse,
+        from the decayed adjoint entering at its end (qin, from the adjoint pre-pass; zero for the
+        last segment)."""
+        b, k, offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, mask_nd, A2, dtw, dskip, bias = \
+            _program_setup(pid_bk, pid_d, a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N, BLOCK_D, BLOCK_N, BLOCK_R)
+        L: tl.constexpr = H * W
+        NCHUNK: tl.constexpr = (L + CHUNK - 1) // CHUNK
+        hs_base = hs_ptr + pid_bk * NCHUNK * N * D + offs_n[:, None] * D + offs_d[None, :]
+        NSEG: tl.constexpr = (L + SEG - 1) // SEG
+        CPS: tl.constexpr = SEG // CHUNK  # chunks per segment
         if NSEG > 1:
-            q = tl.load(qin_ptr + (tl.program_id(0) * NSEG + tl.program_id(2)) * N * D + offs_n[:, None] * D +
-                        offs_d[None, :], mask=mask_nd, other=0.0)
+            q = tl.load(qin_ptr + (pid_bk * NSEG + pid_seg) * N * D + offs_n[:, None] * D + offs_d[None, :],
+                        mask=mask_nd, other=0.0)
         else:
             q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         ddtw_acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        c_first = tl.program_id(2) * CPS
+        c_first = pid_seg * CPS
         n_chunks = tl.minimum(CPS, NCHUNK - c_first)
         for ci in range(n_chunks):
             t0 = (c_first + n_chunks - 1 - ci) * CHUNK
@@ -462,8 +489,20 @@ def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
     return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), chunk=chunk, n_seg=n_seg,
                 atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles,
                 fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"],
-                bwd_grid=(b * K_DIRECTIONS, triton.cdiv(d, bwd_block_d), n_seg),
+                bwd_items=(b * K_DIRECTIONS, triton.cdiv(d, bwd_block_d), n_seg),
                 bwd_tiles=dict(tiles, BLOCK_D=bwd_block_d), bwd_options=bwd_options)
+
+
+def _backward_programs(n_items: int, device: torch.device) -> int:
+    """Programs of the persistent backward: at most the configured (or resident) count, spread so
+    that every program takes the same number of items (+-1)."""
+    most = _CONFIG["bwd_programs"]
+    if not most:
+        if device.type != "cuda":
+            return n_items
+        most = torch.cuda.get_device_properties(device).multi_processor_count * _BWD_PROGRAMS_PER_SM
+    rounds = triton.cdiv(n_items, most)
+    return triton.cdiv(n_items, rounds)
 
 
 def _entering_values(plan: dict, args: tuple, carried: torch.Tensor, reverse: bool,
@@ -530,19 +569,20 @@ class _SS2DScanFn(torch.autograd.Function):
         b, h, w, d = x.shape
         n, r = A_t.shape[1], dtw_t.shape[1]
         plan = ctx.plan
-        grid, tiles, atomic = plan["bwd_grid"], plan["bwd_tiles"], plan["atomic"]
+        items, tiles, atomic = plan["bwd_items"], plan["bwd_tiles"], plan["atomic"]
+        programs = _backward_programs(items[0] * items[1] * items[2], x.device)
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
         q_in = _entering_values(plan, tuple(args), gy, reverse=True, num_warps=plan["bwd_warps"])
         dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         # d x_dbl as one partial per channel block (each element written once), summed below.
-        dpart = torch.empty(grid[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
-        scratch = torch.empty(grid[0] * grid[1] * grid[2], plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"],
-                              **f32)
+        dpart = torch.empty(items[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
+        scratch = torch.empty(programs, plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"], **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in args[2:])
-        _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r, b * h * w,
-                               CHUNK=plan["chunk"], ATOMIC=atomic, **plan["bwd_options"], **tiles)
-        dx_dbl = dpart.sum(0).view(x_dbl.shape) if grid[1] > 1 else dpart.view(x_dbl.shape)
+        _ss2d_bwd_kernel[(programs,)](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r,
+                                      b * h * w, items[0], CHUNK=plan["chunk"], ATOMIC=atomic,
+                                      **plan["bwd_options"], **tiles)
+        dx_dbl = dpart.sum(0).view(x_dbl.shape) if items[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
 
