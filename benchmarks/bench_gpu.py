@@ -44,10 +44,10 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
                vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0)
-# This session's question (NOTES-gpu.md, fourth session): does the persistent backward (scratch for
-# the resident programs only) cost time against one program per work item?
+# The persistent backward (train.low_memory_scan) against one program per work item (NOTES-gpu.md,
+# fourth session); the model runs time both as well (model_b24_ours_bf16_lowmem).
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
-         dict(DEFAULT, bwd_programs=1 << 20)]  # more than any item count: one program per item
+         dict(DEFAULT, bwd_programs=-1)]
 
 
 def time_left() -> float:
@@ -491,6 +491,9 @@ def main() -> None:
         phase(f"model_b{batch}_ours_bf16_graphs", lambda: model_bench("triton", True, batch, graphs=True),
               out_dir, need)
         if batch == 24:
+            phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
+                  out_dir, need)
             phase("model_b24_ours_fp32_graphs", lambda: model_bench("triton", False, 24, graphs=True), out_dir, need)
             phase("model_b24_ours_fp32_seg1", lambda: model_bench("triton", False, 24,
                                                                    cfg=dict(RESULTS["tile_config"], segments=1)),
@@ -528,8 +531,8 @@ def summarize(shape, out_dir: Path) -> None:
           f"{'infer img/s':>11s} {'x base':>7s} {'b1 img/s':>9s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
-        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_fp32_graphs", "ours_fp32_seg1",
-                  "torchref_fp32"):
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_lowmem", "ours_fp32_graphs",
+                  "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:

@@ -361,3 +361,17 @@ def test_cuda_graphs_on_a_cpu_device_fails_before_training(tmp_path, phantom_roo
     with pytest.raises(ConfigError, match="train.cuda_graphs needs a CUDA device"):
         Trainer(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_low_memory_scan_switches_the_triton_backward_to_its_persistent_grid(tmp_path, phantom_root):
+    triton_ss2d = pytest.importorskip("ssl_mamba.ops.triton_ss2d")
+    if triton_ss2d.triton is None:
+        pytest.skip("triton is not installed")
+    before = dict(triton_ss2d._CONFIG)
+    try:
+        Trainer(tiny_config(phantom_root, low_memory_scan=True), tmp_path / "a", progress=False)
+        assert triton_ss2d._CONFIG["bwd_programs"] == -1
+        Trainer(tiny_config(phantom_root), tmp_path / "b", progress=False)
+        assert triton_ss2d._CONFIG["bwd_programs"] == 0
+    finally:
+        triton_ss2d.set_block_config(**before)

@@ -100,7 +100,8 @@ SCRIPT = PRELUDE + textwrap.dedent('''
     # odd sizes: batch 1, H != W, L = 15 not a multiple of the chunk, D = 12 not a multiple of the
     # channel tile, N = 4; automatic segments (here one per chunk, the last one 3 steps long, so its
     # 4-step group has an invalid step)
-    # (the backward on its own 4-channel blocks, its 48 work items taken by 5 persistent programs)
+    # (the backward on its own 4-channel blocks, its 48 work items taken by 5 persistent programs;
+    # the next config runs one program per item)
     set_block_config(block_d=8, chunk=4, stages=2, atomic_merge=False, segments=0, vector_steps=4, bwd_block_d=4,
                      bwd_programs=5)
     ins, gy = inputs(1, 3, 5, 12, 4, 2, seed=1)
@@ -209,7 +210,7 @@ def test_mamba_unet_with_triton_scan_matches_torch_reference(tmp_path):
 
 @pytest.mark.parametrize("bad", [dict(block_d=12), dict(chunk=0), dict(stages=9), dict(segments=-1),
                                  dict(bwd_block_d=24), dict(bwd_maxnreg=300), dict(bwd_maxnreg=8),
-                                 dict(bwd_programs=-1)])
+                                 dict(bwd_programs=-2)])
 def test_bad_block_config_is_refused_and_leaves_the_config_alone(bad):
     from ssl_mamba.errors import UserError
     from ssl_mamba.ops import triton_ss2d
@@ -233,12 +234,10 @@ def test_backward_launch_plan_has_its_own_channel_blocks_and_register_cap():
 
 def test_persistent_backward_spreads_items_evenly_over_at_most_the_resident_programs():
     from ssl_mamba.ops import triton_ss2d
-    old = triton_ss2d.set_block_config(bwd_programs=1056)  # 132 SMs x 8, an H100/H200
-    try:
-        # the first stage at batch 24: 96 (batch, direction) x 6 channel blocks x 7 segments
-        assert triton_ss2d._backward_programs(4032, torch.device("cuda")) == 1008  # 4 items each
-        assert triton_ss2d._backward_programs(500, torch.device("cuda")) == 500  # all resident at once
-        assert triton_ss2d._backward_programs(1057, torch.device("cuda")) == 529  # 2 items each (one has 1)
-    finally:
-        triton_ss2d.set_block_config(**old)
-    assert triton_ss2d._backward_programs(48, torch.device("cpu")) == 48  # automatic on a CPU: one per item
+    programs = triton_ss2d._backward_programs
+    # the first stage at batch 24: 96 (batch, direction) x 6 channel blocks x 7 segments, 1056
+    # programs resident (132 SMs x 8, an H100/H200)
+    assert programs(4032, torch.device("cuda"), 1056) == 1008  # 4 items each
+    assert programs(500, torch.device("cuda"), 1056) == 500  # all resident at once
+    assert programs(1057, torch.device("cuda"), 1056) == 529  # 2 items each (one has 1)
+    assert programs(48, torch.device("cpu"), -1) == 48  # "resident" on a CPU: one per item

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import ExperimentConfig, save_config, to_dict
 from ..errors import ConfigError, DataError, UserError
+from ..ops import set_low_memory_scan
 from ..utils.io import atomic_write_json
 from ..utils.log import get_logger
 from . import distributed as ddp
@@ -137,6 +138,7 @@ class Trainer:
         self.device = ddp.rank_device(resolve_device(cfg.train.device), self.dist)
         configure_determinism(cfg.train.deterministic)
         configure_precision(cfg.train.tf32)
+        set_low_memory_scan(cfg.train.low_memory_scan)
         seed_everything(cfg.train.seed)
         self._build()
         ddp.seed_rank(cfg.train.seed, self.dist)

@@ -56,6 +56,16 @@ def triton_op(op: str) -> Callable:
     return getattr(_import_triton_module()[0], _TRITON_FN[op])
 
 
+def set_low_memory_scan(enabled: bool) -> None:
+    """Whether the triton backend's SS2D backward runs as a persistent grid sized to the GPU (its
+    recompute scratch then takes ~140 MB instead of ~530 MB at Mamba-UNet's first stage, batch 24;
+    measured on an H200: bf16 step peak 4.32 -> 3.99 GiB, backward kernels ~20% slower).  No effect
+    on the other backends, or where triton does not import."""
+    module, _ = _import_triton_module()
+    if module is not None:
+        module.set_block_config(bwd_programs=-1 if enabled else 0)
+
+
 def _mamba_ssm_ok(device_type: str) -> bool:
     """Whether the mamba-ssm kernel can run on device_type here."""
     return device_type == "cuda" and torch.cuda.is_available() and _import_selective_scan_fn()[0] is not None

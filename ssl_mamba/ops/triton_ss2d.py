@@ -74,11 +74,14 @@ K_DIRECTIONS = 4
 #   the per-thread state of the register-bound backward (see NOTES-gpu.md, third session).
 # bwd_maxnreg: register cap for the backward kernel (0: the compiler's choice, 255 today), trading
 #   spills for more warps per scheduler.
-# bwd_programs: programs of the persistent backward, each looping over work items (0: as many as
-#   fit on the GPU at once, _BWD_PROGRAMS_PER_SM per SM; on a CPU one per item).  Each program
-#   needs one chunk of recompute scratch (128 KB at chunk 64, 16 states, 32 channels), so sizing
-#   the grid to the resident programs instead of the ~4,000 items of the first stage cuts that
-#   transient from ~530 MB to ~140 MB at batch 24.
+# bwd_programs: 0 (default): one backward program per work item; N > 0: a persistent backward of
+#   at most N programs, each looping over work items; -1: persistent with as many programs as fit
+#   on the GPU at once (_BWD_PROGRAMS_PER_SM per SM; on a CPU one per item).  Each program needs
+#   one chunk of recompute scratch (128 KB at chunk 64, 16 states, 32 channels), so the persistent
+#   form cuts that transient from ~530 MB to ~140 MB at the first stage at batch 24: the bf16
+#   training peak fell from 4.32 to 3.99 GiB, but the backward kernel took ~30.5 instead of ~25-27
+#   ms per step (H200, benchmarks/RESULTS.md), so it is the memory saver, not the default
+#   (`train.low_memory_scan`).
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0}
 _BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
@@ -102,8 +105,9 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
             raise UserError(f"triton_ss2d: bwd_maxnreg={bwd_maxnreg} must be 0 (no cap) or between 24 and 255")
         _CONFIG["bwd_maxnreg"] = int(bwd_maxnreg)
     if bwd_programs is not None:
-        if bwd_programs < 0:
-            raise UserError(f"triton_ss2d: bwd_programs={bwd_programs} must be >= 0 (0: automatic)")
+        if bwd_programs < -1:
+            raise UserError(f"triton_ss2d: bwd_programs={bwd_programs} must be 0 (one program per work item), "
+                            "-1 (persistent, as many programs as are resident) or a positive program count")
         _CONFIG["bwd_programs"] = int(bwd_programs)
     for key, val in (("block_d", block_d), ("fwd_warps", fwd_warps), ("bwd_warps", bwd_warps),
                      ("chunk", chunk), ("vector_steps", vector_steps)):
@@ -160,11 +164,12 @@ if triton is not None:
     @triton.jit
     def _program_setup(pid_bk, pid_d, a_ptr, dtw_ptr, ds_ptr, bias_ptr, D, R, N: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-        """What every kernel derives from its work item (batch * 4 + direction, channel block): batch b,
-        direction k, the offsets and masks, and this block's fp32 parameters: A * log2(e) (BN, BD), the dt projection (BR, BD),
-        the D skip and the dt bias (BD,).  A and the dt projection arrive transposed, (4, N, D) and
-        (4, R, D), so every (., BD) access is contiguous along the channels and Triton lays the
-        state out with the channels across lanes and N inside each thread."""
+        """What every kernel derives from its work item (batch * 4 + direction, channel block):
+        batch b, direction k, the offsets and masks, and this block's fp32 parameters: A * log2(e)
+        (BN, BD), the dt projection (BR, BD), the D skip and the dt bias (BD,).  A and the dt
+        projection arrive transposed, (4, N, D) and (4, R, D), so every (., BD) access is contiguous
+        along the channels and Triton lays the state out with the channels across lanes and N
+        inside each thread."""
         b = pid_bk // 4
         k = pid_bk % 4
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -378,20 +383,31 @@ if triton is not None:
                          dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS, NBK,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
-                         SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr):
-        """Persistent: each program takes work items (batch * 4 + direction, channel block, segment)
-        in turn, so that the recompute scratch is needed once per program rather than per item."""
-        L: tl.constexpr = H * W
-        NSEG: tl.constexpr = (L + SEG - 1) // SEG
-        ndb = tl.cdiv(D, BLOCK_D)
-        # This program's scratch: the states of one chunk, (CHUNK, BN, BD), each element written and
+                         SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr,
+                         PERSISTENT: tl.constexpr):
+        """One program per work item (batch * 4 + direction, channel block, segment) on a (B*4,
+        blocks, segments) grid, or PERSISTENT: a 1-D grid whose programs take the items in turn, so
+        that the recompute scratch is needed per program rather than per item (less memory)."""
+        # Each program's scratch: the states of one chunk, (CHUNK, BN, BD), each element written and
         # read back by the same thread.
-        scr = scr_ptr + tl.program_id(0) * CHUNK * BLOCK_N * BLOCK_D + \
-            tl.arange(0, BLOCK_N)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
-        for item in range(tl.program_id(0), NBK * ndb * NSEG, tl.num_programs(0)):
-            _bwd_item(item // (ndb * NSEG), item // NSEG % ndb, item % NSEG, x_ptr, xdbl_ptr, a_ptr, dtw_ptr,
-                      ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr,
-                      dbias_ptr, D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T, ATOMIC)
+        tile = tl.arange(0, BLOCK_N)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+        if PERSISTENT:
+            L: tl.constexpr = H * W
+            NSEG: tl.constexpr = (L + SEG - 1) // SEG
+            ndb = tl.cdiv(D, BLOCK_D)
+            scr = scr_ptr + tl.program_id(0) * CHUNK * BLOCK_N * BLOCK_D + tile
+            for item in range(tl.program_id(0), NBK * ndb * NSEG, tl.num_programs(0)):
+                _bwd_item(item // (ndb * NSEG), item // NSEG % ndb, item % NSEG, x_ptr, xdbl_ptr, a_ptr, dtw_ptr,
+                          ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr,
+                          dds_ptr, dbias_ptr, D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T,
+                          ATOMIC)
+        else:
+            prog = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + \
+                tl.program_id(2)
+            scr = scr_ptr + prog * CHUNK * BLOCK_N * BLOCK_D + tile
+            _bwd_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr,
+                      bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr,
+                      D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T, ATOMIC)
 
     @triton.jit
     def _bwd_item(pid_bk, pid_d, pid_seg, x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr,
@@ -490,14 +506,14 @@ def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
                 atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles,
                 fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"],
                 bwd_items=(b * K_DIRECTIONS, triton.cdiv(d, bwd_block_d), n_seg),
+                bwd_programs=_CONFIG["bwd_programs"],
                 bwd_tiles=dict(tiles, BLOCK_D=bwd_block_d), bwd_options=bwd_options)
 
 
-def _backward_programs(n_items: int, device: torch.device) -> int:
-    """Programs of the persistent backward: at most the configured (or resident) count, spread so
-    that every program takes the same number of items (+-1)."""
-    most = _CONFIG["bwd_programs"]
-    if not most:
+def _backward_programs(n_items: int, device: torch.device, most: int) -> int:
+    """Programs of the persistent backward (bwd_programs `most` != 0): at most `most` (or, for -1,
+    the resident count), spread so that every program takes the same number of items (+-1)."""
+    if most == -1:
         if device.type != "cuda":
             return n_items
         most = torch.cuda.get_device_properties(device).multi_processor_count * _BWD_PROGRAMS_PER_SM
@@ -570,7 +586,9 @@ class _SS2DScanFn(torch.autograd.Function):
         n, r = A_t.shape[1], dtw_t.shape[1]
         plan = ctx.plan
         items, tiles, atomic = plan["bwd_items"], plan["bwd_tiles"], plan["atomic"]
-        programs = _backward_programs(items[0] * items[1] * items[2], x.device)
+        n_items = items[0] * items[1] * items[2]
+        persistent = plan["bwd_programs"] != 0
+        programs = _backward_programs(n_items, x.device, plan["bwd_programs"]) if persistent else n_items
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
         q_in = _entering_values(plan, tuple(args), gy, reverse=True, num_warps=plan["bwd_warps"])
@@ -579,9 +597,10 @@ class _SS2DScanFn(torch.autograd.Function):
         dpart = torch.empty(items[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
         scratch = torch.empty(programs, plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"], **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in args[2:])
-        _ss2d_bwd_kernel[(programs,)](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r,
-                                      b * h * w, items[0], CHUNK=plan["chunk"], ATOMIC=atomic,
-                                      **plan["bwd_options"], **tiles)
+        grid = (programs,) if persistent else items
+        _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r, b * h * w,
+                               items[0], CHUNK=plan["chunk"], ATOMIC=atomic, PERSISTENT=persistent,
+                               **plan["bwd_options"], **tiles)
         dx_dbl = dpart.sum(0).view(x_dbl.shape) if items[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
 
