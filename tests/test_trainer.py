@@ -5,6 +5,8 @@ stand-ins); `python tests/test_trainer.py CONFIG RUN_DIR` trains one run (test_r
 """
 import json
 import math
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -375,3 +377,24 @@ def test_low_memory_scan_switches_the_triton_backward_to_its_persistent_grid(tmp
         assert triton_ss2d._CONFIG["bwd_programs"] == 0
     finally:
         triton_ss2d.set_block_config(**before)
+
+
+def test_git_commit_marks_a_tree_that_differs_from_its_commit(tmp_path):
+    from ssl_mamba.engine.trainer import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert git_commit(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = git_commit(tmp_path)
+    assert head and len(head) == 40
+    (tmp_path / "b.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "-dirty"

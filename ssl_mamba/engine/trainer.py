@@ -69,16 +69,24 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def git_commit() -> Optional[str]:
-    """The commit of the ssl-mamba checkout, when it is one; None otherwise."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+def git_commit(where: Optional[Path] = None) -> Optional[str]:
+    """The commit of the ssl-mamba checkout (or of the checkout holding `where`), with "-dirty"
+    appended when tracked files differ from it (a copied or edited tree: the hash alone would claim
+    code that did not run); None outside a git checkout."""
+    cwd = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if not head:
         return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return head + "-dirty" if changed else head
 
 
 def device_name(device: torch.device) -> str:
