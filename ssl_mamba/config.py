@@ -72,8 +72,8 @@ class TrainConfig:
     tf32: bool = True
     # CUDA only: record each student network's forward and backward as CUDA graphs at the first
     # iteration and replay them (removes per-kernel launch overhead; engine/cuda_graphs.py).  Needs
-    # a method that calls each student once per iteration on the whole batch (supervised, CPS,
-    # cross teaching); other methods stop with an error naming the network.
+    # a method that calls each student once per iteration with inputs of one shape (checked on
+    # every call: a method that does otherwise stops with an error naming the network).
     cuda_graphs: bool = False
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block
     # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200), its kernels ~20% slower.
