@@ -289,6 +289,40 @@ def test_tiny_forward_backward_all_grads(name, size):
         assert p.grad.abs().sum() > 0, pname
 
 
+@pytest.mark.parametrize("name,size", [("test_mamba_unet", 64), ("test_swin_unet", 64)])
+def test_tiny_bf16_norms_are_as_close_to_fp32_as_autocasts_own_layernorm(name, size, monkeypatch):
+    """Under bf16 autocast, the norms that feed projections run in bf16 (ProjectionLayerNorm): the
+    logits and the gradients stay as close to the fp32 run as with autocast's fp32 LayerNorm, and
+    the parameters stay fp32."""
+    from torch import nn
+
+    from ssl_mamba.layers import ProjectionLayerNorm
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, scan_backend="torch", drop_path_rate=0.0).eval()
+    x = torch.randn(2, 1, size, size)
+    label = torch.randint(0, 3, (2, size, size))
+
+    def run(bf16: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        F.cross_entropy(out.float(), label).backward()
+        return out.float().detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    out32, grad32 = run(False)
+    out16, grad16 = run(True)
+    monkeypatch.setattr(ProjectionLayerNorm, "forward", nn.LayerNorm.forward)  # autocast's own (fp32) norms
+    out_plain, grad_plain = run(True)
+    assert rel(out16, out32) < 3e-2 and rel(grad16, grad32) < 0.15  # bf16 products: ~1e-2 / ~1e-1
+    assert rel(out16, out32) <= 1.5 * rel(out_plain, out32) + 1e-3
+    assert rel(grad16, grad32) <= 1.5 * rel(grad_plain, grad32) + 1e-3
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_tiny_discriminator_backward():
     torch.manual_seed(0)
     disc = create_model("test_discriminator", num_classes=4)
