@@ -130,6 +130,10 @@ def _worker(rank: int, port: int, jobs: list, out_dir: str) -> None:
             check_replicas(net, DistContext(rank, WORLD), iteration=9)
         except UserError as exc:
             Path(out_dir, f"replica_error_{rank}.txt").write_text(str(exc))
+        # Both ranks past their last collective before either tears the group down: otherwise a
+        # rank still receiving the gather's last message sees its peer's sockets close and gloo
+        # aborts the process ("terminate called without an active exception", seen under load).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -118,6 +118,14 @@ SCRIPT = PRELUDE + textwrap.dedent('''
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
+    # what the bf16 graph keeps for the backward: no fp32 copy of x or of the x_dbl projection
+    saved = []
+    xb = ins[0].bfloat16().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((str(t.dtype), t.numel())) or t,
+                                                  lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        ss2d_scan_triton(xb, *[t.float().requires_grad_() for t in ins[1:]])
+    out["bf16_saved"] = saved
+    out["bf16_sizes"] = {"x": xb.numel(), "x_dbl": xb.numel() // xb.shape[-1] * 4 * ins[1].shape[1]}
     try:
         ss2d_scan_triton(*[t.float() for t in ins[:1]], ins[1][:, :, :-1].float(), *[t.float() for t in ins[2:]])
         out["bad_shape"] = "no error"
@@ -161,6 +169,14 @@ def test_fp32_output_and_every_gradient_match_float64_oracle(results, case):
 def test_bf16_output_and_every_gradient_within_1e2(results):
     bad = {k: v for k, v in results["bf16"].items() if not v <= 1e-2}
     assert not bad, f"bf16 relative errors above 1e-2: {bad}"
+
+
+def test_bf16_backward_keeps_no_fp32_copy_of_x_or_x_dbl(results):
+    sizes = results["bf16_sizes"]
+    saved = [tuple(entry) for entry in results["bf16_saved"]]
+    for name, numel in sizes.items():
+        assert ("torch.bfloat16", numel) in saved, (name, saved)  # the bf16 tensor itself is what is kept
+        assert ("torch.float32", numel) not in saved, (name, saved)
 
 
 def test_oracle_agrees_with_package_torch_reference(results):

@@ -298,7 +298,9 @@ class Trainer:
         try:
             self._log_start()
             self._loop(start_wall)
-            return self._finish(start_wall)
+            summary = self._finish(start_wall)
+            ddp.barrier(self.dist)  # every rank past its last collective before the group is torn down
+            return summary
         except TrainingDiverged as exc:
             log.error("%s", exc)
             raise

@@ -554,15 +554,25 @@ def _carry_across_segments(local: torch.Tensor, dsum: torch.Tensor, A_t: torch.T
     return entering
 
 
-class _SS2DScanFn(torch.autograd.Function):
-    """Cross-scan + dt projection + selective scan + merge over prepared inputs (all fp32).
+def _widened(t: torch.Tensor) -> torch.Tensor:
+    """The fp32 contiguous tensor the kernels read (t itself when it already is one)."""
+    return t.float().contiguous()
 
-    x: (B, H, W, D); x_dbl: (B, H, W, 4, R + 2N) = (dt_raw, B, C) per direction; A_t: (4, N, D)
-    (-exp(A_logs), transposed); dtw_t: (4, R, D) (dt_projs_weight, transposed); ds, bias: (4D,).
+
+class _SS2DScanFn(torch.autograd.Function):
+    """Cross-scan + dt projection + selective scan + merge over prepared inputs.
+
+    x: (B, H, W, D); x_dbl: (B, H, W, 4, R + 2N) = (dt_raw, B, C) per direction, both fp32 or bf16;
+    A_t: (4, N, D) (-exp(A_logs), transposed); dtw_t: (4, R, D) (dt_projs_weight, transposed);
+    ds, bias: (4D,), fp32.  bf16 x / x_dbl are widened to fp32 for the kernels in the forward and
+    again in the backward: what is saved in between are the bf16 tensors themselves (x is kept by
+    the x_dbl projection anyway), not fp32 copies, which at Mamba-UNet's first stage at batch 24
+    saves ~80 MB per block.  The widening is exact, so the backward sees the forward's values.
     """
 
     @staticmethod
-    def forward(ctx, x, x_dbl, A_t, dtw_t, ds, bias):  # noqa: D401 - autograd signature
+    def forward(ctx, x_in, x_dbl_in, A_t, dtw_t, ds, bias):  # noqa: D401 - autograd signature
+        x, x_dbl = _widened(x_in), _widened(x_dbl_in)
         b, h, w, d = x.shape
         n, r = A_t.shape[1], dtw_t.shape[1]
         plan = _launch_plan(b, h, w, d, n, r)
@@ -574,13 +584,14 @@ class _SS2DScanFn(torch.autograd.Function):
         hs = torch.empty(b * K_DIRECTIONS, triton.cdiv(h * w, plan["chunk"]), n, d, **f32)
         _ss2d_fwd_kernel[plan["grid"]](*args, h_in, y, hs, d, r, CHUNK=plan["chunk"], ATOMIC=atomic,
                                        num_warps=plan["fwd_warps"], **plan["tiles"])
-        ctx.save_for_backward(*args, hs)
+        ctx.save_for_backward(x_in, x_dbl_in, A_t, dtw_t, ds, bias, hs)
         ctx.plan = plan
         return y if atomic else y.sum(3)
 
     @staticmethod
     def backward(ctx, gy):
-        *args, hs = ctx.saved_tensors
+        x_in, x_dbl_in, *params, hs = ctx.saved_tensors
+        args = (_widened(x_in), _widened(x_dbl_in), *params)
         x, x_dbl, A_t, dtw_t = args[:4]
         b, h, w, d = x.shape
         n, r = A_t.shape[1], dtw_t.shape[1]
@@ -628,21 +639,21 @@ def _check_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight:
 
 def kernel_inputs(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
                   dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor) -> tuple:
-    """SS2D's arguments in the layouts the kernels read: (x, x_dbl, A_t, dtw_t, Ds, bias), all fp32
-    and contiguous; `_SS2DScanFn.apply(*kernel_inputs(...))` is the fused op (the benchmark times
-    it alone this way).
+    """SS2D's arguments in the layouts the kernels read: (x, x_dbl, A_t, dtw_t, Ds, bias), the
+    parameters fp32 and contiguous, x as given and x_dbl in the projection's dtype (`_SS2DScanFn`
+    widens both); `_SS2DScanFn.apply(*kernel_inputs(...))` is the fused op (the benchmark times it
+    alone this way).
 
     x_dbl = x @ x_proj (B, H, W, 4, R+2N: dt_raw, B, C) is one torch matmul (it follows autocast).
-    The kernels compute in fp32 and read fp32 (bf16 inputs are widened once here: the per-step
+    The kernels compute in fp32 and read fp32 (bf16 inputs are widened in the Function: the per-step
     loads are pipelined with cp.async, which needs >= 4 bytes per lane).  The dt projection
     (R -> D per direction) runs inside the kernels.  Autograd maps the gradients back to the
-    inputs' dtypes and layouts through these casts and transposes."""
+    inputs' dtypes and layouts through the casts and transposes."""
     d, n = x.shape[3], A_logs.shape[1]
     x_dbl = torch.einsum("bhwd,kcd->bhwkc", x, x_proj_weight)
     A_t = (-torch.exp(A_logs.float())).view(K_DIRECTIONS, d, n).transpose(1, 2).contiguous()  # (4, N, D)
     dtw_t = dt_projs_weight.float().transpose(1, 2).contiguous()  # (4, R, D)
-    return (x.float().contiguous(), x_dbl.float().contiguous(), A_t, dtw_t, Ds.float(),
-            dt_projs_bias.float().reshape(-1))
+    return x, x_dbl, A_t, dtw_t, Ds.float(), dt_projs_bias.float().reshape(-1)
 
 
 def ss2d_scan_triton(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
