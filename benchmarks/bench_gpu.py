@@ -364,11 +364,25 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool)
     inf_ms = median(cuda_time(lambda: infer(img), warm, max(iters // 2, 3)))
     # one slice at a time, as SSL4MIS-style evaluation runs
     inf1_ms = median(cuda_time(lambda: infer(img[:1]), warm, max(iters // 2, 3)))
+    # the same through the library's eval.cuda_graphs path (one graph per input shape)
+    from ssl_mamba.metrics.graphs import EvalGraphs
+    graphs = EvalGraphs(net)
+
+    def infer_graphed(batch_img):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            graphs(batch_img)
+
+    try:
+        ginf_ms = median(cuda_time(lambda: infer_graphed(img), warm, max(iters // 2, 3)))
+        ginf1_ms = median(cuda_time(lambda: infer_graphed(img[:1]), warm, max(iters // 2, 3)))
+        graphed = {"infer_graphs_img_s": batch * 1000 / ginf_ms, "infer_b1_graphs_img_s": 1000 / ginf1_ms}
+    except Exception as exc:  # recorded; the rest of the measurement stands
+        graphed = {"infer_graphs_error": f"{type(exc).__name__}: {exc}"[:300]}
     ms = median(times)
-    del net, step
+    del net, step, graphs
     torch.cuda.empty_cache()
     return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak, "peak_reserved_gib": peak_reserved,
-            "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms,
+            "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, **graphed,
             "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
 
@@ -528,7 +542,8 @@ def summarize(shape, out_dir: Path) -> None:
     save(out_dir)
     print(f"\ncard {r['card']}  commit {r['commit']}  copy {r.get('copy_gbps')} GB/s  tiles {r.get('tile_config')}")
     print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'reserved':>9s} "
-          f"{'infer img/s':>11s} {'x base':>7s} {'b1 img/s':>9s} {'x base':>7s}")
+          f"{'infer img/s':>11s} {'x base':>7s} {'b1 img/s':>9s} {'x base':>7s} {'graphed infer':>13s} {'x base':>7s} "
+          f"{'graphed b1':>10s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_lowmem", "ours_fp32_graphs",
@@ -543,7 +558,11 @@ def summarize(shape, out_dir: Path) -> None:
             i1 = m["infer_b1_img_s"] / base["infer_b1_img_s"] if "infer_b1_img_s" in base else float("nan")
             print(f"b{batch} {v:30s} {m['train_ms']:9.1f} {m['train_img_s']:8.1f} {tr:7.2f} {m['peak_gib']:9.2f} "
                   f"{m.get('peak_reserved_gib', float('nan')):9.2f} "
-                  f"{m['infer_img_s']:11.1f} {ir:7.2f} {m['infer_b1_img_s']:9.1f} {i1:7.2f}")
+                  f"{m['infer_img_s']:11.1f} {ir:7.2f} {m['infer_b1_img_s']:9.1f} {i1:7.2f} "
+                  f"{m.get('infer_graphs_img_s', float('nan')):13.1f} "
+                  f"{m.get('infer_graphs_img_s', float('nan')) / base.get('infer_img_s', float('nan')):7.2f} "
+                  f"{m.get('infer_b1_graphs_img_s', float('nan')):10.1f} "
+                  f"{m.get('infer_b1_graphs_img_s', float('nan')) / base.get('infer_b1_img_s', float('nan')):7.2f}")
     sweep = r.get("tile_sweep_fp32", {})
     for key, val in sweep.items():
         if isinstance(val, dict) and "fwd_ms" in val:

@@ -92,6 +92,10 @@ class EvalConfig:
     asd_mode: str = "symmetric"  # symmetric (paper Eq. 9) | medpy_asd | assd
     spacing: Optional[List[float]] = None  # voxel spacing (mm); null = unit spacing, as the papers
     val_split: str = "val"
+    # CUDA only: validation during training replays each network's forward from CUDA graphs, one per
+    # volume shape, recorded at the first validation (metrics/graphs.py); pays off because the same
+    # volumes are validated again and again.
+    cuda_graphs: bool = False
 
 
 @dataclass

@@ -191,6 +191,7 @@ class Trainer:
                                          labeled_batch_size, cfg.train.seed, self.device,
                                          self.dist.rank, self.dist.world_size)
         self.graphs: Optional[GraphedNetworks] = None  # captured at the first iteration (train.cuda_graphs)
+        self.eval_graphs: dict = {}  # eval network -> its EvalGraphs, grown at validations (eval.cuda_graphs)
         if cfg.train.cuda_graphs and self.device.type != "cuda":
             raise ConfigError(f"train.cuda_graphs needs a CUDA device; train.device resolves to {self.device}")
         if cfg.train.cuda_graphs and cfg.train.sync_bn and self.dist.enabled:
@@ -199,6 +200,17 @@ class Trainer:
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
         self.elapsed = {"wall": 0.0, "train": 0.0}
+
+    def _eval_graphs(self, name: str, net: nn.Module):
+        """The network's validation `metrics.graphs.EvalGraphs` (eval.cuda_graphs on CUDA), kept
+        across validations; None otherwise."""
+        if not (self.cfg.eval.cuda_graphs and self.device.type == "cuda"):
+            return None
+        from ..metrics.graphs import EvalGraphs
+
+        if name not in self.eval_graphs:
+            self.eval_graphs[name] = EvalGraphs(net)
+        return self.eval_graphs[name]
 
     def _capture_graphs(self, batch) -> GraphedNetworks:
         t = self.cfg.train
@@ -393,7 +405,8 @@ class Trainer:
             net.eval()
             with torch.no_grad():
                 res = evaluate_volumes(net, self.source, self.val_names, self.cfg.data.num_classes,
-                                       self.cfg.data.patch_size, self.cfg.eval, self.device)
+                                       self.cfg.data.patch_size, self.cfg.eval, self.device,
+                                       graphs=self._eval_graphs(name, net))
             net.train()
             dice = float(res.mean_dice)
             scalars.update(val_scalars(name, res))

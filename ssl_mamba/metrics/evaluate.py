@@ -79,12 +79,14 @@ def summarize(per_case: List[Dict[str, Any]], num_classes: int, slice_values: Op
 
 
 def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_classes: int, patch_size: Sequence[int],
-                     eval_cfg: EvalConfig, device: Optional[torch.device] = None, progress: bool = False) -> EvalResult:
+                     eval_cfg: EvalConfig, device: Optional[torch.device] = None, progress: bool = False,
+                     graphs=None) -> EvalResult:
     """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`.
 
     eval_cfg: interp_order and tta_flip (inference), empty_policy and asd_mode (metrics), spacing
     (one value per axis of the (S, H, W) volume, e.g. [10, 1.5, 1.5]; null = unit, as the papers).
     device: where the slices go (None: the network's device).  progress: a tqdm bar over volumes.
+    graphs: an `EvalGraphs` of `net`, kept by the caller across calls (validation during training).
     """
     check_patch_size(net, patch_size)
     spacing = list(eval_cfg.spacing) if eval_cfg.spacing is not None else None
@@ -96,7 +98,8 @@ def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_clas
     rows, slices = [], []
     for name in iterator:
         image, label = source.read_volume(name)
-        pred = predict_volume(net, image, patch_size, eval_cfg.interp_order, eval_cfg.tta_flip, device)
+        pred = predict_volume(net, image, patch_size, eval_cfg.interp_order, eval_cfg.tta_flip, device,
+                              graphs=graphs)
         scores = case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode)
         rows.extend({"case": name, "class": c, **scores[c]} for c in sorted(scores))
         slices.extend(slice_dice(pred, label, num_classes))

@@ -60,18 +60,18 @@ def check_patch_size(net: nn.Module, patch_size: Sequence[int]) -> None:
         raise ConfigError(f"data.patch_size {list(patch_size)} must be a multiple of {multiple} for this network")
 
 
-def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = net(x)
+def _logits(net: nn.Module, x: torch.Tensor, graphs=None) -> torch.Tensor:
+    out = graphs(x) if graphs is not None else net(x)
     return out[0] if isinstance(out, (tuple, list)) else out  # deep-supervision nets: main head first
 
 
-def _probabilities(net: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+def _probabilities(net: nn.Module, x: torch.Tensor, tta_flip: bool, graphs=None) -> torch.Tensor:
     """Softmax of (N, 1, P, Q) -> (N, K, P, Q); with TTA averaged over identity, W-flip and H-flip."""
-    probs = torch.softmax(_logits(net, x).float(), dim=1)
+    probs = torch.softmax(_logits(net, x, graphs).float(), dim=1)
     if not tta_flip:
         return probs
     for dims in ((-1,), (-2,)):
-        probs = probs + torch.softmax(_logits(net, x.flip(dims)).float(), dim=1).flip(dims)
+        probs = probs + torch.softmax(_logits(net, x.flip(dims), graphs).float(), dim=1).flip(dims)
     return probs / 3.0
 
 
@@ -81,21 +81,21 @@ def _default_device(net: nn.Module) -> torch.device:
 
 
 def _predict_chunk(net: nn.Module, slices: torch.Tensor, patch_size: Tuple[int, int], interp_order: int,
-                   tta_flip: bool) -> torch.Tensor:
+                   tta_flip: bool, graphs=None) -> torch.Tensor:
     """(n, H, W) float slices -> (n, H, W) uint8 labels."""
     h, w = slices.shape[-2:]
     if interp_order == 0:
         x = resize_nearest(slices, patch_size)[:, None]  # (n, 1, P, Q)
-        labels = _probabilities(net, x, tta_flip).argmax(dim=1)  # (n, P, Q)
+        labels = _probabilities(net, x, tta_flip, graphs).argmax(dim=1)  # (n, P, Q)
         return resize_nearest(labels, (h, w)).to(torch.uint8)
     x = resize_bilinear(slices[:, None], patch_size)  # (n, 1, P, Q)
-    probs = resize_bilinear(_probabilities(net, x, tta_flip), (h, w))  # (n, K, H, W)
+    probs = resize_bilinear(_probabilities(net, x, tta_flip, graphs), (h, w))  # (n, K, H, W)
     return probs.argmax(dim=1).to(torch.uint8)
 
 
 def predict_volume(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], interp_order: int = 0,
                    tta_flip: bool = False, device: Optional[torch.device] = None,
-                   batch_size: Optional[int] = None) -> np.ndarray:
+                   batch_size: Optional[int] = None, graphs=None) -> np.ndarray:
     """Segment an (S, H, W) float32 volume slice by slice -> (S, H, W) uint8 labels.
 
     Every slice is resized to `patch_size` (order 0 as the originals, or 1 = bilinear), all slices
@@ -103,6 +103,7 @@ def predict_volume(net: nn.Module, image: np.ndarray, patch_size: Sequence[int],
     no_grad; the net's previous train/eval mode is restored afterwards.  Order 0 resizes the
     argmax labels back with nearest neighbour; order 1 resizes the class probabilities back
     bilinearly and takes the argmax at full size.  `tta_flip` averages the softmax over flips.
+    `graphs`: an `EvalGraphs` of `net` to run the forward passes through (eval.cuda_graphs).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.size == 0:
@@ -119,7 +120,7 @@ def predict_volume(net: nn.Module, image: np.ndarray, patch_size: Sequence[int],
     net.eval()
     try:
         with torch.no_grad():
-            parts = [_predict_chunk(net, slices[i:i + chunk], tuple(patch_size), interp_order, tta_flip)
+            parts = [_predict_chunk(net, slices[i:i + chunk], tuple(patch_size), interp_order, tta_flip, graphs)
                      for i in range(0, slices.shape[0], chunk)]
     finally:
         net.train(was_training)
