@@ -76,7 +76,8 @@ class TrainConfig:
     # every call: a method that does otherwise stops with an error naming the network).
     cuda_graphs: bool = False
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block
-    # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200), its kernels ~20% slower.
+    # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200), its kernels ~20% slower.  CUDA with
+    # model.scan_backend auto or triton only (elsewhere the run stops with an error).
     low_memory_scan: bool = False
     on_nonfinite: str = "stop"  # stop | skip
     log_images_every: int = 1000
@@ -94,7 +95,7 @@ class EvalConfig:
     val_split: str = "val"
     # CUDA only: validation during training replays each network's forward from CUDA graphs, one per
     # volume shape, recorded at the first validation (metrics/graphs.py); pays off because the same
-    # volumes are validated again and again.
+    # volumes are validated again and again.  CUDA only (elsewhere the run stops with an error).
     cuda_graphs: bool = False
 
 

@@ -358,22 +358,32 @@ if __name__ == "__main__":  # test_resume's child process: train CONFIG into RUN
     Trainer(load_config(sys.argv[1]), Path(sys.argv[2]), progress=False).fit()
 
 
-def test_cuda_graphs_on_a_cpu_device_fails_before_training(tmp_path, phantom_root):
-    cfg = tiny_config(phantom_root, cuda_graphs=True)
-    with pytest.raises(ConfigError, match="train.cuda_graphs needs a CUDA device"):
+@pytest.mark.parametrize("key", ["train.cuda_graphs", "eval.cuda_graphs"])
+def test_cuda_graphs_on_a_cpu_device_fails_before_training(tmp_path, phantom_root, key):
+    cfg = tiny_config(phantom_root)
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, True)
+    with pytest.raises(ConfigError, match=f"{key} needs a CUDA device"):
         Trainer(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_low_memory_scan_switches_the_triton_backward_to_its_persistent_grid(tmp_path, phantom_root):
+def test_low_memory_scan_off_cuda_fails_before_training(tmp_path, phantom_root):
+    with pytest.raises(ConfigError, match="train.low_memory_scan .* train.device resolves to cpu"):
+        Trainer(tiny_config(phantom_root, low_memory_scan=True), tmp_path / "run", progress=False)
+
+
+def test_set_low_memory_scan_switches_the_triton_backward_to_its_persistent_grid():
+    from ssl_mamba.ops import set_low_memory_scan
+
     triton_ss2d = pytest.importorskip("ssl_mamba.ops.triton_ss2d")
     if triton_ss2d.triton is None:
         pytest.skip("triton is not installed")
     before = dict(triton_ss2d._CONFIG)
     try:
-        Trainer(tiny_config(phantom_root, low_memory_scan=True), tmp_path / "a", progress=False)
+        set_low_memory_scan(True)
         assert triton_ss2d._CONFIG["bwd_programs"] == -1
-        Trainer(tiny_config(phantom_root), tmp_path / "b", progress=False)
+        set_low_memory_scan(False)
         assert triton_ss2d._CONFIG["bwd_programs"] == 0
     finally:
         triton_ss2d.set_block_config(**before)

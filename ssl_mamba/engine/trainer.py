@@ -146,7 +146,6 @@ class Trainer:
         self.device = ddp.rank_device(resolve_device(cfg.train.device), self.dist)
         configure_determinism(cfg.train.deterministic)
         configure_precision(cfg.train.tf32)
-        set_low_memory_scan(cfg.train.low_memory_scan)
         seed_everything(cfg.train.seed)
         self._build()
         ddp.seed_rank(cfg.train.seed, self.dist)
@@ -192,19 +191,31 @@ class Trainer:
                                          self.dist.rank, self.dist.world_size)
         self.graphs: Optional[GraphedNetworks] = None  # captured at the first iteration (train.cuda_graphs)
         self.eval_graphs: dict = {}  # eval network -> its EvalGraphs, grown at validations (eval.cuda_graphs)
-        if cfg.train.cuda_graphs and self.device.type != "cuda":
-            raise ConfigError(f"train.cuda_graphs needs a CUDA device; train.device resolves to {self.device}")
-        if cfg.train.cuda_graphs and cfg.train.sync_bn and self.dist.enabled:
-            raise ConfigError("train.cuda_graphs cannot capture SyncBatchNorm's collectives; set train.sync_bn=false")
+        self._configure_gpu_switches()
         self.iteration = 0
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
         self.elapsed = {"wall": 0.0, "train": 0.0}
 
+    def _configure_gpu_switches(self) -> None:
+        """Check train.cuda_graphs / eval.cuda_graphs / train.low_memory_scan against the device and
+        backend (a switch that silently does nothing is worse than an error), then apply the last."""
+        cfg, cuda = self.cfg, self.device.type == "cuda"
+        for key, on in (("train.cuda_graphs", cfg.train.cuda_graphs), ("eval.cuda_graphs", cfg.eval.cuda_graphs)):
+            if on and not cuda:
+                raise ConfigError(f"{key} needs a CUDA device; train.device resolves to {self.device}")
+        if cfg.train.cuda_graphs and cfg.train.sync_bn and self.dist.enabled:
+            raise ConfigError("train.cuda_graphs cannot capture SyncBatchNorm's collectives; set train.sync_bn=false")
+        if cfg.train.low_memory_scan and not (cuda and cfg.model.scan_backend in ("auto", "triton")):
+            raise ConfigError("train.low_memory_scan changes the triton scan backend's backward, which runs on CUDA; "
+                              f"here train.device resolves to {self.device} and model.scan_backend is "
+                              f"{cfg.model.scan_backend!r}")
+        set_low_memory_scan(cfg.train.low_memory_scan)
+
     def _eval_graphs(self, name: str, net: nn.Module):
         """The network's validation `metrics.graphs.EvalGraphs` (eval.cuda_graphs on CUDA), kept
         across validations; None otherwise."""
-        if not (self.cfg.eval.cuda_graphs and self.device.type == "cuda"):
+        if not self.cfg.eval.cuda_graphs:
             return None
         from ..metrics.graphs import EvalGraphs
 
