@@ -13,7 +13,7 @@ def _net(device="cpu"):
     return create_model("test_unet", num_classes=4).to(device).eval()
 
 
-def test_cpu_training_mode_or_grad_run_the_plain_forward():
+def test_on_cpu_the_plain_forward_runs_and_predictions_are_unchanged():
     net = _net()
     graphs = EvalGraphs(net)
     x = torch.randn(3, 1, 32, 32)
