@@ -43,7 +43,7 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # The shipped default first, as the control of the sweep; the model runs use the sweep's fastest
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
-               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0)
+               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=4096)
 # The persistent backward (train.low_memory_scan) against one program per work item (NOTES-gpu.md,
 # fourth session); the model runs time both as well (model_b24_ours_bf16_lowmem).
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
@@ -57,7 +57,7 @@ def time_left() -> float:
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
             f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}"
-            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}")
+            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}")
 
 
 def save(out_dir: Path) -> None:
@@ -505,6 +505,9 @@ def main() -> None:
         phase(f"model_b{batch}_ours_bf16_graphs", lambda: model_bench("triton", True, batch, graphs=True),
               out_dir, need)
         if batch == 24:
+            phase("model_b24_ours_bf16_graphs_tp2048",  # fewer automatic segments (fewer pre-pass steps)
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=2048),
+                                      graphs=True), out_dir, need)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
                   out_dir, need)
@@ -546,8 +549,8 @@ def summarize(shape, out_dir: Path) -> None:
           f"{'graphed b1':>10s} {'x base':>7s}")
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
-        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_lowmem", "ours_fp32_graphs",
-                  "ours_fp32_seg1", "torchref_fp32"):
+        for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
+                  "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:

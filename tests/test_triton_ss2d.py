@@ -226,7 +226,7 @@ def test_mamba_unet_with_triton_scan_matches_torch_reference(tmp_path):
 
 @pytest.mark.parametrize("bad", [dict(block_d=12), dict(chunk=0), dict(stages=9), dict(segments=-1),
                                  dict(bwd_block_d=24), dict(bwd_maxnreg=300), dict(bwd_maxnreg=8),
-                                 dict(bwd_programs=-2)])
+                                 dict(bwd_programs=-2), dict(target_programs=0)])
 def test_bad_block_config_is_refused_and_leaves_the_config_alone(bad):
     from ssl_mamba.errors import UserError
     from ssl_mamba.ops import triton_ss2d
@@ -257,3 +257,16 @@ def test_persistent_backward_spreads_items_evenly_over_at_most_the_resident_prog
     assert programs(500, torch.device("cuda"), 1056) == 500  # all resident at once
     assert programs(1057, torch.device("cuda"), 1056) == 529  # 2 items each (one has 1)
     assert programs(48, torch.device("cpu"), -1) == 48  # "resident" on a CPU: one per item
+
+
+def test_automatic_segments_aim_at_the_target_program_count():
+    from ssl_mamba.ops import triton_ss2d
+    old = triton_ss2d.set_block_config(block_d=32, chunk=64, segments=0, target_programs=4096)
+    try:
+        # Mamba-UNet's first stage at batch 24: 96 (batch, direction) x 6 channel blocks = 576 programs
+        assert triton_ss2d._launch_plan(24, 56, 56, 192, 16, 6)["n_seg"] == 7  # 4,032 programs
+        triton_ss2d.set_block_config(target_programs=2048)
+        assert triton_ss2d._launch_plan(24, 56, 56, 192, 16, 6)["n_seg"] == 4  # 2,304 programs
+        assert triton_ss2d._launch_plan(24, 7, 7, 1536, 16, 48)["n_seg"] == 1  # 4,608 programs already
+    finally:
+        triton_ss2d.set_block_config(**old)

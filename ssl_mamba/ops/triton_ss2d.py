@@ -66,7 +66,11 @@ K_DIRECTIONS = 4
 #   pipelining depth of the per-step loads (Triton's cp.async pipeliner; 1 = no pipelining).
 # atomic_merge: sum the four directions' y (and dx) with fp32 atomics instead of per-direction
 #   buffers summed by torch.
-# segments: pieces of the sequence scanned in parallel (0: automatic, aiming at _TARGET_PROGRAMS).
+# segments: pieces of the sequence scanned in parallel (0: automatic, aiming at target_programs).
+# target_programs: programs per launch the automatic segment count aims at (4096: ~8 one-warp
+#   programs per scheduler on a 132-SM H100/H200).  Each segment but the last costs a pre-pass over
+#   its steps, and the backward has only ~1,056 resident slots (255 registers), so fewer may pay;
+#   not yet swept at the model level (bench_gpu.py times 2048 next to the default).
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
 #   projection as (T, channels) tiles); 4 was the fastest of 2 / 4 / 8 in the H200 sweep of v7
 #   (benchmarks/NOTES-gpu.md), though by less than the run-to-run spread.
@@ -83,9 +87,9 @@ K_DIRECTIONS = 4
 #   ms per step (H200, benchmarks/RESULTS.md), so it is the memory saver, not the default
 #   (`train.low_memory_scan`).
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
-           "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0}
+           "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
+           "target_programs": 4096}
 _BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
-_TARGET_PROGRAMS = 4096  # ~8 one-warp programs per scheduler on a 132-SM H100/H200
 
 
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
@@ -93,7 +97,7 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
                      segments: Optional[int] = None, vector_steps: Optional[int] = None,
                      bwd_block_d: Optional[int] = None, bwd_maxnreg: Optional[int] = None,
-                     bwd_programs: Optional[int] = None) -> dict:
+                     bwd_programs: Optional[int] = None, target_programs: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     if bwd_block_d is not None:
@@ -104,6 +108,10 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
         if bwd_maxnreg != 0 and not 24 <= bwd_maxnreg <= 255:
             raise UserError(f"triton_ss2d: bwd_maxnreg={bwd_maxnreg} must be 0 (no cap) or between 24 and 255")
         _CONFIG["bwd_maxnreg"] = int(bwd_maxnreg)
+    if target_programs is not None:
+        if target_programs < 1:
+            raise UserError(f"triton_ss2d: target_programs={target_programs} must be >= 1")
+        _CONFIG["target_programs"] = int(target_programs)
     if bwd_programs is not None:
         if bwd_programs < -1:
             raise UserError(f"triton_ss2d: bwd_programs={bwd_programs} must be 0 (one program per work item), "
@@ -487,12 +495,12 @@ def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
 
     Segments: the sequence is cut into SEG-step pieces scanned in parallel (after a cheap
     pre-pass and fix-up), so that small batches and the first stage still give the GPU several
-    warps per scheduler.  `segments` 0 picks enough for ~_TARGET_PROGRAMS programs."""
+    warps per scheduler.  `segments` 0 picks enough for ~`target_programs` programs."""
     length = h * w
     block_d, chunk = _CONFIG["block_d"], _CONFIG["chunk"]
     base = b * K_DIRECTIONS * triton.cdiv(d, block_d)
     n_chunks = triton.cdiv(length, chunk)
-    want = _CONFIG["segments"] or triton.cdiv(_TARGET_PROGRAMS, base)  # 1 once the GPU is busy
+    want = _CONFIG["segments"] or triton.cdiv(_CONFIG["target_programs"], base)  # 1 once the GPU is busy
     seg = triton.cdiv(n_chunks, max(1, min(want, n_chunks))) * chunk
     n_seg = triton.cdiv(length, seg)
     tiles = dict(H=h, W=w, N=n, BLOCK_D=block_d, BLOCK_N=max(triton.next_power_of_2(n), 2),
