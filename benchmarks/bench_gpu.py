@@ -319,6 +319,7 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss.
     graphs: capture the network with the library's `engine.cuda_graphs` (as train.cuda_graphs does)."""
     from ssl_mamba.engine.cuda_graphs import GraphedNetworks
+    from ssl_mamba.engine.step import autocast_context
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
@@ -328,7 +329,7 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     img = torch.randn(batch, 1, 224, 224, device="cuda")
     lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
-    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graphs)  # noqa: E731
+    amp = lambda: autocast_context(img.device, "bf16" if bf16 else "none", cache=not graphs)  # noqa: E731
     captured = GraphedNetworks({"net1": net}, img, amp) if graphs else None
 
     def step():
@@ -357,29 +358,24 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool)
     peak_reserved = torch.cuda.max_memory_reserved() / 1024 ** 3
     net.eval()
 
-    def infer(batch_img):
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            net(batch_img)
+    def infer_ms(forward, batch_img) -> float:
+        def run():
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                forward(batch_img)
+        return median(cuda_time(run, warm, max(iters // 2, 3)))
 
-    inf_ms = median(cuda_time(lambda: infer(img), warm, max(iters // 2, 3)))
-    # one slice at a time, as SSL4MIS-style evaluation runs
-    inf1_ms = median(cuda_time(lambda: infer(img[:1]), warm, max(iters // 2, 3)))
+    inf_ms = infer_ms(net, img)
+    inf1_ms = infer_ms(net, img[:1])  # one slice at a time, as SSL4MIS-style evaluation runs
     # the same through the library's eval.cuda_graphs path (one graph per input shape)
     from ssl_mamba.metrics.graphs import EvalGraphs
-    graphs = EvalGraphs(net)
-
-    def infer_graphed(batch_img):
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            graphs(batch_img)
-
+    eval_graphs = EvalGraphs(net)
     try:
-        ginf_ms = median(cuda_time(lambda: infer_graphed(img), warm, max(iters // 2, 3)))
-        ginf1_ms = median(cuda_time(lambda: infer_graphed(img[:1]), warm, max(iters // 2, 3)))
-        graphed = {"infer_graphs_img_s": batch * 1000 / ginf_ms, "infer_b1_graphs_img_s": 1000 / ginf1_ms}
+        graphed = {"infer_graphs_img_s": batch * 1000 / infer_ms(eval_graphs, img),
+                   "infer_b1_graphs_img_s": 1000 / infer_ms(eval_graphs, img[:1])}
     except Exception as exc:  # recorded; the rest of the measurement stands
         graphed = {"infer_graphs_error": f"{type(exc).__name__}: {exc}"[:300]}
     ms = median(times)
-    del net, step, graphs
+    del net, step, eval_graphs
     torch.cuda.empty_cache()
     return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak, "peak_reserved_gib": peak_reserved,
             "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, **graphed,

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import ExperimentConfig, save_config, to_dict
 from ..errors import ConfigError, DataError, UserError
-from ..ops import set_low_memory_scan
+from ..ops import resolve_backend, set_low_memory_scan
 from ..utils.io import atomic_write_json
 from ..utils.log import get_logger
 from . import distributed as ddp
@@ -206,10 +206,11 @@ class Trainer:
                 raise ConfigError(f"{key} needs a CUDA device; train.device resolves to {self.device}")
         if cfg.train.cuda_graphs and cfg.train.sync_bn and self.dist.enabled:
             raise ConfigError("train.cuda_graphs cannot capture SyncBatchNorm's collectives; set train.sync_bn=false")
-        if cfg.train.low_memory_scan and not (cuda and cfg.model.scan_backend in ("auto", "triton")):
+        if cfg.train.low_memory_scan and not (cuda and resolve_backend(cfg.model.scan_backend,
+                                                                       self.device) == "triton"):
             raise ConfigError("train.low_memory_scan changes the triton scan backend's backward, which runs on CUDA; "
-                              f"here train.device resolves to {self.device} and model.scan_backend is "
-                              f"{cfg.model.scan_backend!r}")
+                              f"here train.device resolves to {self.device} and model.scan_backend "
+                              f"{cfg.model.scan_backend!r} does not run triton")
         set_low_memory_scan(cfg.train.low_memory_scan)
 
     def _eval_graphs(self, name: str, net: nn.Module):

@@ -60,18 +60,18 @@ def check_patch_size(net: nn.Module, patch_size: Sequence[int]) -> None:
         raise ConfigError(f"data.patch_size {list(patch_size)} must be a multiple of {multiple} for this network")
 
 
-def _logits(net: nn.Module, x: torch.Tensor, graphs=None) -> torch.Tensor:
-    out = graphs(x) if graphs is not None else net(x)
+def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = net(x)
     return out[0] if isinstance(out, (tuple, list)) else out  # deep-supervision nets: main head first
 
 
-def _probabilities(net: nn.Module, x: torch.Tensor, tta_flip: bool, graphs=None) -> torch.Tensor:
+def _probabilities(net: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
     """Softmax of (N, 1, P, Q) -> (N, K, P, Q); with TTA averaged over identity, W-flip and H-flip."""
-    probs = torch.softmax(_logits(net, x, graphs).float(), dim=1)
+    probs = torch.softmax(_logits(net, x).float(), dim=1)
     if not tta_flip:
         return probs
     for dims in ((-1,), (-2,)):
-        probs = probs + torch.softmax(_logits(net, x.flip(dims), graphs).float(), dim=1).flip(dims)
+        probs = probs + torch.softmax(_logits(net, x.flip(dims)).float(), dim=1).flip(dims)
     return probs / 3.0
 
 
@@ -81,15 +81,15 @@ def _default_device(net: nn.Module) -> torch.device:
 
 
 def _predict_chunk(net: nn.Module, slices: torch.Tensor, patch_size: Tuple[int, int], interp_order: int,
-                   tta_flip: bool, graphs=None) -> torch.Tensor:
-    """(n, H, W) float slices -> (n, H, W) uint8 labels."""
+                   tta_flip: bool) -> torch.Tensor:
+    """(n, H, W) float slices -> (n, H, W) uint8 labels (`net`: the network or its EvalGraphs)."""
     h, w = slices.shape[-2:]
     if interp_order == 0:
         x = resize_nearest(slices, patch_size)[:, None]  # (n, 1, P, Q)
-        labels = _probabilities(net, x, tta_flip, graphs).argmax(dim=1)  # (n, P, Q)
+        labels = _probabilities(net, x, tta_flip).argmax(dim=1)  # (n, P, Q)
         return resize_nearest(labels, (h, w)).to(torch.uint8)
     x = resize_bilinear(slices[:, None], patch_size)  # (n, 1, P, Q)
-    probs = resize_bilinear(_probabilities(net, x, tta_flip, graphs), (h, w))  # (n, K, H, W)
+    probs = resize_bilinear(_probabilities(net, x, tta_flip), (h, w))  # (n, K, H, W)
     return probs.argmax(dim=1).to(torch.uint8)
 
 
@@ -120,7 +120,8 @@ def predict_volume(net: nn.Module, image: np.ndarray, patch_size: Sequence[int],
     net.eval()
     try:
         with torch.no_grad():
-            parts = [_predict_chunk(net, slices[i:i + chunk], tuple(patch_size), interp_order, tta_flip, graphs)
+            forward = graphs if graphs is not None else net
+            parts = [_predict_chunk(forward, slices[i:i + chunk], tuple(patch_size), interp_order, tta_flip)
                      for i in range(0, slices.shape[0], chunk)]
     finally:
         net.train(was_training)

@@ -610,7 +610,7 @@ class _SS2DScanFn(torch.autograd.Function):
         programs = _backward_programs(n_items, x.device, plan["bwd_programs"]) if persistent else n_items
         f32 = dict(device=x.device, dtype=torch.float32)
         gy = gy.float().contiguous()
-        q_in = _entering_values(plan, tuple(args), gy, reverse=True, num_warps=plan["bwd_warps"])
+        q_in = _entering_values(plan, args, gy, reverse=True, num_warps=plan["bwd_warps"])
         dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         # d x_dbl as one partial per channel block (each element written once), summed below.
         dpart = torch.empty(items[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
