@@ -112,6 +112,9 @@ def baseline_ss2d(x, xpw, dtw, dtb, A_logs, Ds):
     return cross_merge(ys, h, w).view(b, d, h, w).permute(0, 2, 3, 1)
 
 
+# compiled one by one (each VSS block breaks its graph at the scan); the rest of the net stays eager
+COMPILED_MODULES = ("VSSBlock", "PatchMerging", "PatchExpand", "FinalPatchExpand", "PatchEmbed")
+
 SCANS = {
     "torch": lambda *a: ss2d_scan(*a, backend="torch"),
     "mamba_ssm": baseline_ss2d,
@@ -300,32 +303,44 @@ def dice_ce(logits, label, k=4):
 
 
 def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict = None,
-                graphs: bool = False) -> dict:
+                graphs: bool = False, compiled: bool = False) -> dict:
     """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet.
 
     cfg: Triton variant to use for this measurement (the current one is restored afterwards);
-    graphs: the network's forward and backward CUDA-graphed by the library (train.cuda_graphs).
+    graphs: the network's forward and backward CUDA-graphed by the library (train.cuda_graphs);
+    compiled: torch.compile around everything but the scan (see mamba_unet_training).
     """
     old = set_block_config(**cfg) if cfg else None
     try:
-        return _model_bench(backend, bf16, batch, iters, graphs)
+        return _model_bench(backend, bf16, batch, iters, graphs, compiled)
     finally:
         if old:
             set_block_config(**old)
 
 
-def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False):
+def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False, compiled: bool = False):
     """A full-size Mamba-UNet on `backend`'s scan with SGD and synthetic 224x224 data: (net, img,
     step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss.
-    graphs: capture the network with the library's `engine.cuda_graphs` (as train.cuda_graphs does)."""
+    graphs: capture the network with the library's `engine.cuda_graphs` (as train.cuda_graphs does).
+    compiled: torch.compile (inductor, static shapes) of each block and patch layer, the scan left out
+    of the graph (a graph break per SS2D), to measure what fusing the norms, casts and gating gives."""
     from ssl_mamba.engine.cuda_graphs import GraphedNetworks
     from ssl_mamba.engine.step import autocast_context
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
+    if compiled:
+        scan = torch.compiler.disable(scan)
     ss2d_mod.ss2d_scan = lambda *a, backend=None: scan(*a)
     torch.manual_seed(0)
     net = create_model("mamba_unet", num_classes=4).cuda()
+    if compiled:
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, name):  # blocks of one class compile once per stage shape
+                setattr(torch._dynamo.config, name, 256)
+        for module in list(net.modules()):  # in place, so the graphs and the state-dict names see the same net
+            if type(module).__name__ in COMPILED_MODULES:
+                module.compile(dynamic=False)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     img = torch.randn(batch, 1, 224, 224, device="cuda")
     lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
@@ -345,8 +360,12 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     return net, img, step
 
 
-def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool) -> dict:
-    net, img, step = mamba_unet_training(backend, bf16, batch, graphs)
+def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool, compiled: bool) -> dict:
+    t0 = time.time()
+    net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled)
+    step()  # the first call compiles when `compiled`; timed separately
+    torch.cuda.synchronize()
+    first_s = time.time() - t0
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     warm = 5 if iters >= 10 else 1
@@ -378,7 +397,7 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool)
     del net, step, eval_graphs
     torch.cuda.empty_cache()
     return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak, "peak_reserved_gib": peak_reserved,
-            "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, **graphed,
+            "first_step_s": first_s, "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, **graphed,
             "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
 
@@ -441,6 +460,8 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
 def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
     """Run one measurement, record its result or error; skip it if under need_s seconds are left."""
     t0 = time.time()
+    if _RUN.get("only") and not any(word in key for word in _RUN["only"]):
+        return
     if time_left() < need_s:
         RESULTS[key] = {"skipped": f"time box ({time_left():.0f} s left, needs {need_s:.0f})"}
         print(f"[skip] {key}", flush=True)
@@ -463,8 +484,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--torch-ref", action="store_true", help="also time the torch reference scan (slow)")
     ap.add_argument("--no-sweep", action="store_true", help="time only the default tiles (saves ~40 s)")
+    ap.add_argument("--only", default="", help="comma list: run only the phases whose name contains one of these")
     args = ap.parse_args()
-    _RUN.update(budget=args.budget, tag=args.tag)
+    _RUN.update(budget=args.budget, tag=args.tag, only=[w for w in args.only.split(",") if w])
     out_dir = Path(args.out)
     builder = threading.Thread(target=build_mamba_ssm, daemon=True)
     builder.start()
@@ -504,6 +526,13 @@ def main() -> None:
             phase("model_b24_ours_bf16_graphs_tp2048",  # fewer automatic segments (fewer pre-pass steps)
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=2048),
                                       graphs=True), out_dir, need)
+            phase("model_b24_ours_bf16_graphs_tp8192",  # more segments (more programs, more pre-pass)
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
+                                      graphs=True), out_dir, need)
+            phase("model_b24_ours_bf16_compile",  # torch.compile of all but the scan
+                  lambda: model_bench("triton", True, 24, compiled=True), out_dir, 150)
+            phase("model_b24_ours_bf16_compile_graphs",
+                  lambda: model_bench("triton", True, 24, compiled=True, graphs=True), out_dir, 150)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
                   out_dir, need)
@@ -546,7 +575,7 @@ def summarize(shape, out_dir: Path) -> None:
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
-                  "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
+                  "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
