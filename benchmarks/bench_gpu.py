@@ -112,9 +112,6 @@ def baseline_ss2d(x, xpw, dtw, dtb, A_logs, Ds):
     return cross_merge(ys, h, w).view(b, d, h, w).permute(0, 2, 3, 1)
 
 
-# compiled one by one (each VSS block breaks its graph at the scan); the rest of the net stays eager
-COMPILED_MODULES = ("VSSBlock", "PatchMerging", "PatchExpand", "FinalPatchExpand", "PatchEmbed")
-
 SCANS = {
     "torch": lambda *a: ss2d_scan(*a, backend="torch"),
     "mamba_ssm": baseline_ss2d,
@@ -335,12 +332,8 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     torch.manual_seed(0)
     net = create_model("mamba_unet", num_classes=4).cuda()
     if compiled:
-        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-            if hasattr(torch._dynamo.config, name):  # blocks of one class compile once per stage shape
-                setattr(torch._dynamo.config, name, 256)
-        for module in list(net.modules()):  # in place, so the graphs and the state-dict names see the same net
-            if type(module).__name__ in COMPILED_MODULES:
-                module.compile(dynamic=False)
+        from ssl_mamba.models.compile import compile_blocks
+        compile_blocks(net)  # as train.compile does
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     img = torch.randn(batch, 1, 224, 224, device="cuda")
     lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
@@ -403,12 +396,13 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool,
 
 def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", batch: int = 16,
                       bf16: bool = False, networks=None, size: int = 224, iters: int = 20,
-                      device: str = "cuda", graphs: bool = False) -> dict:
+                      device: str = "cuda", graphs: bool = False, compiled: bool = False) -> dict:
     """One training iteration of a library method as the trainer runs it (`engine.step.run_iteration`:
     the method's training_step, each optimizer group's finite check, backward and step, after_step),
     on synthetic data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16
     (8 labeled).  `networks` / `size` / `device` let it run small on a CPU as a smoke check;
-    `graphs` captures the students as train.cuda_graphs does."""
+    `graphs` captures the students as train.cuda_graphs does, `compiled` compiles their blocks as
+    train.compile does."""
     import dataclasses
 
     from ssl_mamba.config import load_config
@@ -430,6 +424,10 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     data = Batch(image=torch.randn(batch, 1, size, size, generator=g, device=device),
                  label=torch.randint(0, cfg.data.num_classes, (batch, size, size), generator=g, device=device),
                  n_labeled=batch // 2 if method.needs_unlabeled else batch)
+    if compiled:
+        from ssl_mamba.models.compile import compile_blocks
+        for net in method.students().values():
+            compile_blocks(net)
     method.train()
     dev, amp = torch.device(device), "bf16" if bf16 else "none"
     captured = None
@@ -460,7 +458,7 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
 def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
     """Run one measurement, record its result or error; skip it if under need_s seconds are left."""
     t0 = time.time()
-    if _RUN.get("only") and not any(word in key for word in _RUN["only"]):
+    if _RUN.get("only") and not any(key == w[:-1] if w.endswith("$") else w in key for w in _RUN["only"]):
         return
     if time_left() < need_s:
         RESULTS[key] = {"skipped": f"time box ({time_left():.0f} s left, needs {need_s:.0f})"}
@@ -484,7 +482,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--torch-ref", action="store_true", help="also time the torch reference scan (slow)")
     ap.add_argument("--no-sweep", action="store_true", help="time only the default tiles (saves ~40 s)")
-    ap.add_argument("--only", default="", help="comma list: run only the phases whose name contains one of these")
+    ap.add_argument("--only", default="", help="comma list: run only the phases whose name contains one of these (NAME$: exactly)")
     args = ap.parse_args()
     _RUN.update(budget=args.budget, tag=args.tag, only=[w for w in args.only.split(",") if w])
     out_dir = Path(args.out)
@@ -507,6 +505,7 @@ def main() -> None:
     phase("op_triton_fp32", lambda: op_bench("triton", torch.float32, ins, gy), out_dir)
     phase("op_triton_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir)
     phase("op_kernels_fp32", lambda: kernel_bench(ins, gy), out_dir, 60)
+    compile_phases(out_dir)  # while mamba-ssm builds: inductor's first compile takes ~1 min
     builder.join(timeout=max(time_left() - 150, 1))
     RESULTS["mamba_ssm_build"] = {k: v for k, v in _BUILD.items() if k != "fn"}
     print("build:", RESULTS["mamba_ssm_build"], flush=True)
@@ -529,10 +528,6 @@ def main() -> None:
             phase("model_b24_ours_bf16_graphs_tp8192",  # more segments (more programs, more pre-pass)
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
                                       graphs=True), out_dir, need)
-            phase("model_b24_ours_bf16_compile",  # torch.compile of all but the scan
-                  lambda: model_bench("triton", True, 24, compiled=True), out_dir, 150)
-            phase("model_b24_ours_bf16_compile_graphs",
-                  lambda: model_bench("triton", True, 24, compiled=True, graphs=True), out_dir, 150)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
                   out_dir, need)
@@ -550,6 +545,20 @@ def main() -> None:
     if args.torch_ref:
         phase("model_b16_torchref_fp32", lambda: model_bench("torch", False, 16, iters=2), out_dir, 300)
     summarize(shape, out_dir)
+
+
+def compile_phases(out_dir: Path) -> None:
+    """train.compile (models/compile.py: inductor around the scan), alone and with CUDA graphs."""
+    phase("model_b24_ours_bf16_compile", lambda: model_bench("triton", True, 24, compiled=True), out_dir, 150)
+    phase("model_b24_ours_bf16_compile_graphs",
+          lambda: model_bench("triton", True, 24, compiled=True, graphs=True), out_dir, 60)
+    phase("model_b24_ours_bf16_compile_graphs_tp8192",
+          lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
+                              compiled=True, graphs=True), out_dir, 60)
+    phase("model_b16_ours_bf16_compile_graphs",
+          lambda: model_bench("triton", True, 16, compiled=True, graphs=True), out_dir, 60)
+    phase("cross_teaching_b16_ours_bf16_compile_graphs",
+          lambda: method_step_bench(bf16=True, graphs=True, compiled=True), out_dir, 60)
 
 
 def summarize(shape, out_dir: Path) -> None:
@@ -575,7 +584,8 @@ def summarize(shape, out_dir: Path) -> None:
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
-                  "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
+                  "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
+                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
@@ -597,7 +607,7 @@ def summarize(shape, out_dir: Path) -> None:
             print(f"sweep {key:29s} fwd {val['fwd_ms']:7.3f} ms  fwd+bwd {val['fwd_bwd_ms']:7.3f} ms")
     print("best", sweep.get("best"))
     for key in ("cross_teaching_b16_ours_fp32", "cross_teaching_b16_ours_bf16", "cross_teaching_b16_ours_bf16_graphs",
-                "supervised_b24_ours_bf16_graphs"):
+                "cross_teaching_b16_ours_bf16_compile_graphs", "supervised_b24_ours_bf16_graphs"):
         print(f"{key}: {json.dumps(r.get(key), default=str)[:200]}")
     for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")

@@ -75,6 +75,11 @@ class TrainConfig:
     # a method that calls each student once per iteration with inputs of one shape (checked on
     # every call: a method that does otherwise stops with an error naming the network).
     cuda_graphs: bool = False
+    # CUDA only: torch.compile (inductor) each VSS block and patch layer of the student networks
+    # around the SS2D scan, fusing norms, casts and gating (models/compile.py); the first iterations
+    # spend ~1 min compiling.  Combine with cuda_graphs for the fastest step.  Needs a student with
+    # such layers (Mamba-UNet, Swin-UNet's patch layers); validation runs the eager forward.
+    compile: bool = False
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block
     # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200), its kernels ~20% slower.  CUDA with
     # model.scan_backend auto or triton only (elsewhere the run stops with an error).

@@ -408,3 +408,14 @@ def test_git_commit_marks_a_tree_that_differs_from_its_commit(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "a.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == head + "-dirty"
+
+
+def test_compile_refuses_students_without_compilable_blocks(tmp_path, phantom_root):
+    with pytest.raises(ConfigError, match="train.compile: networks net1 have no compilable blocks"):
+        Trainer(tiny_config(phantom_root, compile=True), tmp_path / "run", progress=False)
+
+
+def test_compile_off_cuda_fails_before_training(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, networks=["test_mamba_unet"], compile=True)
+    with pytest.raises(ConfigError, match="train.compile .* train.device resolves to cpu"):
+        Trainer(cfg, tmp_path / "run", progress=False)

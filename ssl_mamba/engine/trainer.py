@@ -212,6 +212,21 @@ class Trainer:
                               f"here train.device resolves to {self.device} and model.scan_backend "
                               f"{cfg.model.scan_backend!r} does not run triton")
         set_low_memory_scan(cfg.train.low_memory_scan)
+        if cfg.train.compile:
+            self._compile_students(cuda)
+
+    def _compile_students(self, cuda: bool) -> None:
+        """train.compile: compile the students' blocks in place (after the method made its teacher copies)."""
+        from ..models.compile import compile_blocks, compile_units
+
+        students = self.method.students()
+        if not any(compile_units(net) for net in students.values()):
+            raise ConfigError(f"train.compile: networks {', '.join(students)} have no compilable blocks "
+                              "(VSS blocks or patch layers); set train.compile=false")
+        if not cuda:
+            raise ConfigError(f"train.compile is measured and supported on CUDA; train.device resolves to {self.device}")
+        counts = {name: compile_blocks(net) for name, net in students.items()}
+        log.info("train.compile: compiled blocks per network %s (compiling at the first iterations)", counts)
 
     def _eval_graphs(self, name: str, net: nn.Module):
         """The network's validation `metrics.graphs.EvalGraphs` (eval.cuda_graphs on CUDA), kept

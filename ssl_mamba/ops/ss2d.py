@@ -31,6 +31,9 @@ def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+# Never traced by torch.compile (train.compile): the Triton path launches kernels from an autograd
+# Function that dynamo cannot follow, so each caller's graph breaks here instead.
+@torch.compiler.disable
 def ss2d_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
               dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
               backend: str = "auto") -> torch.Tensor:

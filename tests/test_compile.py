@@ -1,0 +1,69 @@
+"""train.compile's block compiler (models/compile.py): what it compiles, and that it changes nothing
+but speed.  Runs dynamo with the `aot_eager` backend on the CPU (no inductor code generation, so
+seconds instead of minutes); the inductor speed-up is measured on the GPU by bench_gpu.py."""
+import pytest
+import torch
+
+from ssl_mamba.layers import PatchEmbed, PatchExpand, PatchMerging
+from ssl_mamba.layers.patches import FinalPatchExpand
+from ssl_mamba.layers.ss2d import VSSBlock
+from ssl_mamba.models import create_model
+from ssl_mamba.models.compile import compile_blocks, compile_units
+
+
+def _tiny_mamba_unet(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("test_mamba_unet", num_classes=3, scan_backend="torch")
+
+
+def test_compile_units_are_the_vss_blocks_and_patch_layers():
+    net = _tiny_mamba_unet()
+    units = compile_units(net)
+    kinds = {type(m) for m in units}
+    assert kinds == {VSSBlock, PatchEmbed, PatchMerging, PatchExpand, FinalPatchExpand}
+    assert sum(isinstance(m, VSSBlock) for m in units) == sum(isinstance(m, VSSBlock) for m in net.modules())
+    assert compile_units(create_model("test_unet", num_classes=3)) == []
+
+
+@pytest.fixture(scope="module")
+def eager_and_compiled():
+    eager, compiled = _tiny_mamba_unet(), _tiny_mamba_unet()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    n = compile_blocks(compiled, backend="aot_eager")
+    return eager, compiled, n
+
+
+def _train_step(net, x):
+    net.train()
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # DropPath draws
+    out = net(x)
+    out.square().mean().backward()
+    return out.detach(), {k: p.grad.clone() for k, p in net.named_parameters()}
+
+
+def test_compiled_training_step_matches_eager_and_keeps_state_dict_names(eager_and_compiled):
+    eager, compiled, n = eager_and_compiled
+    assert n == len(compile_units(compiled)) > 0
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    out_e, grads_e = _train_step(eager, x)
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    out_c, grads_c = _train_step(compiled, x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > frames_before  # it did compile
+    # the scan op is never traced (the Triton path cannot be): each block breaks its graph there
+    assert any("ss2d_scan" in reason or "compiler.disable" in reason
+               for reason in torch._dynamo.utils.counters["graph_break"])
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    for name, g in grads_e.items():
+        torch.testing.assert_close(grads_c[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_eval_mode_runs_the_eager_forward(eager_and_compiled):
+    _, compiled, _ = eager_and_compiled
+    compiled.eval()
+    before = dict(torch._dynamo.utils.counters["stats"])
+    with torch.no_grad():
+        compiled(torch.randn(3, 1, 32, 32))  # a batch size never seen in training: no recompile either
+    assert dict(torch._dynamo.utils.counters["stats"]) == before
