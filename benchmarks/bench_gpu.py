@@ -455,6 +455,16 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
             "networks": cfg.model.networks}
 
 
+def release_phase_memory() -> None:
+    """Give back what a phase left allocated, so the next phase's peak is its own: graphed networks
+    sit in reference cycles (their forward closes over the net) and compiled ones in dynamo's code
+    caches; in run v13 the phases after the compile phases carried ~1 GiB of such leftovers."""
+    import gc
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
     """Run one measurement, record its result or error; skip it if under need_s seconds are left."""
     t0 = time.time()
@@ -469,7 +479,7 @@ def phase(key: str, fn, out_dir: Path, need_s: float = 0.0):
         RESULTS[key] = fn()
     except Exception as exc:
         RESULTS[key] = {"error": f"{type(exc).__name__}: {exc}"[:1500]}
-        torch.cuda.empty_cache()
+    release_phase_memory()
     print(f"[{time.time() - t0:6.1f}s] {key}: {json.dumps(RESULTS[key], default=str)[:400]}", flush=True)
     save(out_dir)
 
