@@ -67,3 +67,26 @@ def test_eval_mode_runs_the_eager_forward(eager_and_compiled):
     with torch.no_grad():
         compiled(torch.randn(3, 1, 32, 32))  # a batch size never seen in training: no recompile either
     assert dict(torch._dynamo.utils.counters["stats"]) == before
+
+
+def test_a_deep_copy_runs_its_own_weights(eager_and_compiled):
+    """An EMA teacher is a deep copy of its student: it must not call back into the student."""
+    import copy
+
+    _, compiled, _ = eager_and_compiled
+    teacher = copy.deepcopy(compiled)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.mul_(0.5)
+    x = torch.randn(2, 1, 32, 32)
+    reference = _tiny_mamba_unet()  # eager, with the teacher's weights
+    reference.load_state_dict(teacher.state_dict())
+    for mode in (True, False):
+        outs = []
+        for net in (compiled, teacher, reference):
+            net.train(mode)
+            torch.manual_seed(2)  # the same DropPath draws
+            with torch.no_grad():
+                outs.append(net(x))
+        torch.testing.assert_close(outs[1], outs[2], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(outs[0], outs[1])

@@ -8,10 +8,10 @@ is the work around the scan: LayerNorms, casts, SiLU gating, residual adds, patc
 expanding (Mamba-UNet bf16 step at batch 24 on an H200: see benchmarks/RESULTS.md).
 
 Only training-mode calls run compiled: validation feeds whole volumes whose slice count varies,
-and static-shape compilation per count would cost more than it saves.  Compile after any copy of
-the network is made (an EMA teacher): a deep copy would call the original's compiled forward.
+and static-shape compilation per count would cost more than it saves.
 """
-from typing import List
+import types
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -29,23 +29,29 @@ def compile_blocks(net: nn.Module, backend: str = "inductor") -> int:
     """Compile each compile unit of `net` for training-mode calls; returns how many were compiled.
 
     Static shapes (a training batch has one shape); the recompile limit is raised because each
-    stage's blocks see their own shape.
+    stage's blocks see their own shape.  One compiled function per layer class, taking the module
+    as its argument: blocks of one class share it, and a deep copy of the network (an EMA teacher)
+    runs its own weights through it.
     """
     _raise_recompile_limit(256)
     units = compile_units(net)
     for module in units:
-        _compile_in_place(module, backend)
+        module.forward = types.MethodType(_dispatching_forward, module)
+        _COMPILED.setdefault((type(module), backend),
+                             torch.compile(type(module).forward, backend=backend, dynamic=False))
+        module._compile_backend = backend
     return len(units)
 
 
-def _compile_in_place(module: nn.Module, backend: str) -> None:
-    eager = module.forward
-    compiled = torch.compile(eager, backend=backend, dynamic=False)
+_COMPILED: Dict[Tuple[type, str], Callable] = {}
 
-    def forward(*args, **kwargs):
-        return (compiled if module.training else eager)(*args, **kwargs)
 
-    module.forward = forward
+def _dispatching_forward(self: nn.Module, *args, **kwargs):
+    """A compile unit's forward: compiled in training mode, the class's eager forward otherwise.
+    Bound as a method, so `copy.deepcopy` re-binds it to the copy."""
+    if self.training:
+        return _COMPILED[(type(self), self._compile_backend)](self, *args, **kwargs)
+    return type(self).forward(self, *args, **kwargs)
 
 
 def _raise_recompile_limit(limit: int) -> None:
