@@ -10,7 +10,8 @@ checkpoint, so a run cut off by a time limit continues exactly), evaluates it on
 metrics, figures; no checkpoints) into `results/<row>/` with a provenance.json (commit, card,
 wall time, data pack dtype, iterations, whether the schedule was shortened, and source_sha256, a
 fingerprint of the code that ran: `python scripts/reproduce.py source-hash` prints the current
-checkout's).
+checkout's; a run trained in several invocations, e.g. resumed in a later device session, also
+lists each segment's first iteration, commit and fingerprint, and says whether they differ).
 `table` regenerates the table in results/README.md from the committed `results/*/` folders
 alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).
 """
@@ -28,7 +29,8 @@ from typing import List, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", "metrics.jsonl"]
+SEGMENTS = "segments.jsonl"  # one line per training invocation of a run (record_segment)
+LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", "metrics.jsonl", SEGMENTS]
 # The code a run executes: what `source_sha256` in provenance.json fingerprints.
 SOURCE_GLOBS = ["ssl_mamba/**/*.py", "methods/**/*.py", "configs/**/*.yaml", "scripts/*.py", "setup.py"]
 BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:end -->"
@@ -59,8 +61,9 @@ def check_existing_run(run_dir: Path, seed: Optional[int]) -> None:
 
 
 def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides: List[str],
-                       log_dir: Path) -> Path:
-    """Train (or resume) one row at one seed, then evaluate it; returns its run directory."""
+                       log_dir: Path, code: Optional[dict] = None) -> Path:
+    """Train (or resume) one row at one seed, then evaluate it; returns its run directory.
+    `code` ({"commit", "source_sha256"}) is recorded as a training segment before training."""
     run_dir = runs / run_name(config, seed)
     check_existing_run(run_dir, seed)
     if seed is not None:
@@ -68,6 +71,7 @@ def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides:
     sets = [a for o in overrides for a in ("--set", o)]
     log = (log_dir / f"{run_dir.name}.out").open("a")
     if not (run_dir / "summary.json").is_file():
+        record_segment(run_dir, code or {})
         if (run_dir / "last.pt").is_file():
             cmd = cli("train", "--resume", str(run_dir), "--no-progress")
         else:
@@ -77,6 +81,29 @@ def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides:
         subprocess.run(cli("evaluate", "--run", str(run_dir), "--split", "test"), check=True, stdout=log,
                        stderr=subprocess.STDOUT, cwd=REPO)
     return run_dir
+
+
+def record_segment(run_dir: Path, code: dict) -> None:
+    """Append to `<run>/segments.jsonl` which code trains the run from which iteration on.
+
+    A long row may be trained in several device calls or sessions (resumed from last.pt, which
+    travels with the run directory), possibly by different commits; publish() lists the segments in
+    provenance.json and flags a row whose segments ran different code."""
+    import torch
+
+    last = run_dir / "last.pt"
+    start = int(torch.load(last, map_location="cpu", weights_only=False)["iteration"]) if last.is_file() else 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"from_iteration": start, "commit": code.get("commit"), "source_sha256": code.get("source_sha256"),
+              "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with (run_dir / SEGMENTS).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_segments(run_dir: Path) -> List[dict]:
+    path = run_dir / SEGMENTS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def source_sha256(root: Path = REPO) -> str:
@@ -122,6 +149,11 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(png, target)
     summary = json.loads((run_dir / "summary.json").read_text())
+    segments = read_segments(run_dir)
+    extra = {}
+    if segments:
+        extra["segments"] = segments
+        extra["mixed_code"] = len({seg.get("source_sha256") for seg in segments}) > 1
     atomic_write_json(dest / "provenance.json", {
         "commit": commit or summary.get("git_commit"),
         "source_sha256": source,
@@ -136,6 +168,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "data_pack_dtype": pack_dtype(cfg.data.root),
         "concurrent_rows": concurrent_rows,
         "date": time.strftime("%Y-%m-%d"),
+        **extra,
     })
     return dest
 
@@ -152,7 +185,8 @@ def command_run(args: argparse.Namespace) -> None:
     full = {Path(c): load_config(c).train.max_iterations for c in args.configs}
     jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs): (config, seed)
+        code = {"commit": args.commit, "source_sha256": source}
+        futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs, code): (config, seed)
                    for config, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
             config, seed = futures[future]
@@ -178,6 +212,8 @@ def provenance_table(rows: List[Path]) -> str:
             wall += f" ({p['concurrent_rows']} rows at once)"
         speed = f"{p['images_per_s']:.0f}" if p.get("images_per_s") else "?"
         data = f"pack {p['data_pack_dtype']}" if p.get("data_pack_dtype") else "h5 files"
+        if len(p.get("segments", [])) > 1:  # resumed across calls: say so, and whether the code changed
+            wall += f", {len(p['segments'])} segments" + (" of different code" if p.get("mixed_code") else "")
         lines.append(f"| {row.name} | {iters} | {p.get('card', '?')} | {wall} | {speed} | "
                      f"{str(p.get('commit', '?'))[:10]} | {data} |")
     return "\n".join(lines)

@@ -102,3 +102,22 @@ def test_seed_folders_of_a_row_pool_into_one_table_row(reproduce, tmp_path, caps
     capsys.readouterr()
     ours = [line for line in (results / "README.md").read_text().splitlines() if "| ours |" in line]
     assert len(ours) == 1 and "| ours | 2 |" in ours[0], ours
+
+
+def test_a_row_resumed_by_other_code_says_so(reproduce, tmp_path, monkeypatch):
+    """A long row trained over several device sessions lists each segment's code in provenance."""
+    import torch
+
+    run_dir = tmp_path / "runs" / "acdc_fully_unet"
+    shutil.copytree(REPO / "results" / "acdc_fully_unet", run_dir)
+    (run_dir / reproduce.SEGMENTS).unlink(missing_ok=True)
+    reproduce.record_segment(run_dir, {"commit": "aaa", "source_sha256": "1" * 64})
+    torch.save({"iteration": 4250}, run_dir / "last.pt")
+    reproduce.record_segment(run_dir, {"commit": "bbb", "source_sha256": "2" * 64})
+    monkeypatch.setattr(reproduce, "pack_dtype", lambda root: "uint8")
+    dest = reproduce.publish(run_dir, tmp_path / "results", "bbb", 10000, "2" * 64)
+    prov = json.loads((dest / "provenance.json").read_text())
+    assert [(s["from_iteration"], s["commit"]) for s in prov["segments"]] == [(0, "aaa"), (4250, "bbb")]
+    assert prov["mixed_code"] is True
+    assert (dest / reproduce.SEGMENTS).is_file()
+    assert "2 segments of different code" in reproduce.provenance_table([dest])
