@@ -81,7 +81,8 @@ class TrainConfig:
     # such layers (Mamba-UNet, Swin-UNet's patch layers); validation runs the eager forward.
     compile: bool = False
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block
-    # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200), its kernels ~20% slower.  CUDA with
+    # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200, measured before the op saved bf16 inputs,
+    # which brought the default to ~4.0 GiB by itself), its kernels ~20% slower.  CUDA with
     # model.scan_backend auto or triton only (elsewhere the run stops with an error).
     low_memory_scan: bool = False
     on_nonfinite: str = "stop"  # stop | skip
