@@ -300,22 +300,24 @@ def dice_ce(logits, label, k=4):
 
 
 def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict = None,
-                graphs: bool = False, compiled: bool = False) -> dict:
+                graphs: bool = False, compiled: bool = False, eval_compiled: bool = False) -> dict:
     """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet.
 
     cfg: Triton variant to use for this measurement (the current one is restored afterwards);
     graphs: the network's forward and backward CUDA-graphed by the library (train.cuda_graphs);
-    compiled: torch.compile around everything but the scan (see mamba_unet_training).
+    compiled: torch.compile around everything but the scan (see mamba_unet_training);
+    eval_compiled: the eval-mode forward too (eval.compile), which the inference columns then time.
     """
     old = set_block_config(**cfg) if cfg else None
     try:
-        return _model_bench(backend, bf16, batch, iters, graphs, compiled)
+        return _model_bench(backend, bf16, batch, iters, graphs, compiled, eval_compiled)
     finally:
         if old:
             set_block_config(**old)
 
 
-def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False, compiled: bool = False):
+def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False, compiled: bool = False,
+                        eval_compiled: bool = False):
     """A full-size Mamba-UNet on `backend`'s scan with SGD and synthetic 224x224 data: (net, img,
     step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss.
     graphs: capture the network with the library's `engine.cuda_graphs` (as train.cuda_graphs does).
@@ -326,14 +328,14 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
-    if compiled:
+    if compiled or eval_compiled:
         scan = torch.compiler.disable(scan)
     ss2d_mod.ss2d_scan = lambda *a, backend=None: scan(*a)
     torch.manual_seed(0)
     net = create_model("mamba_unet", num_classes=4).cuda()
-    if compiled:
+    if compiled or eval_compiled:
         from ssl_mamba.models.compile import compile_blocks
-        compile_blocks(net)  # as train.compile does
+        compile_blocks(net, train=compiled, eval=eval_compiled)  # as train.compile / eval.compile do
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     img = torch.randn(batch, 1, 224, 224, device="cuda")
     lab = torch.randint(0, 4, (batch, 224, 224), device="cuda")
@@ -353,9 +355,10 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     return net, img, step
 
 
-def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool, compiled: bool) -> dict:
+def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool, compiled: bool,
+                 eval_compiled: bool = False) -> dict:
     t0 = time.time()
-    net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled)
+    net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled, eval_compiled)
     step()  # the first call compiles when `compiled`; timed separately
     torch.cuda.synchronize()
     first_s = time.time() - t0
@@ -565,6 +568,8 @@ def compile_phases(out_dir: Path) -> None:
     phase("model_b24_ours_bf16_compile_graphs_tp8192",
           lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
                               compiled=True, graphs=True), out_dir, 60)
+    phase("model_b24_ours_bf16_compile_graphs_evalcompile",  # inference columns: eval.compile (+ graphs)
+          lambda: model_bench("triton", True, 24, compiled=True, graphs=True, eval_compiled=True), out_dir, 90)
     phase("model_b16_ours_bf16_compile_graphs",
           lambda: model_bench("triton", True, 16, compiled=True, graphs=True), out_dir, 60)
     phase("cross_teaching_b16_ours_bf16_compile_graphs",
@@ -595,7 +600,7 @@ def summarize(shape, out_dir: Path) -> None:
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
+                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:

@@ -90,3 +90,28 @@ def test_a_deep_copy_runs_its_own_weights(eager_and_compiled):
                 outs.append(net(x))
         torch.testing.assert_close(outs[1], outs[2], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(outs[0], outs[1])
+
+
+def test_eval_compile_matches_eager_and_goes_dynamic_after_the_second_batch_size():
+    eager, compiled = _tiny_mamba_unet(), _tiny_mamba_unet()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compile_blocks(compiled, backend="aot_eager", train=False, eval=True)
+    eager.eval()
+    compiled.eval()
+    counts = []
+    with torch.no_grad():
+        for slices in (3, 5, 7, 9):  # validation volumes have different slice counts
+            x = torch.randn(slices, 1, 32, 32)
+            torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+            counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert counts[0] > 0 and counts[2] == counts[1] == counts[3]  # no compile per size after the second
+    before = dict(torch._dynamo.utils.counters["stats"])
+    compiled.train()
+    compiled(torch.randn(2, 1, 32, 32))  # training calls were not asked for: eager
+    assert dict(torch._dynamo.utils.counters["stats"]) == before
+
+
+def test_compile_blocks_needs_a_mode():
+    with pytest.raises(ValueError, match="nothing to compile"):
+        compile_blocks(_tiny_mamba_unet(), train=False, eval=False)

@@ -419,3 +419,10 @@ def test_compile_off_cuda_fails_before_training(tmp_path, phantom_root):
     cfg = tiny_config(phantom_root, networks=["test_mamba_unet"], compile=True)
     with pytest.raises(ConfigError, match="train.compile .* train.device resolves to cpu"):
         Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_eval_compile_off_cuda_fails_before_training(tmp_path, phantom_root):
+    cfg = tiny_config(phantom_root, networks=["test_mamba_unet"])
+    cfg.eval.compile = True
+    with pytest.raises(ConfigError, match="eval.compile .* train.device resolves to cpu"):
+        Trainer(cfg, tmp_path / "run", progress=False)

@@ -212,21 +212,32 @@ class Trainer:
                               f"here train.device resolves to {self.device} and model.scan_backend "
                               f"{cfg.model.scan_backend!r} does not run triton")
         set_low_memory_scan(cfg.train.low_memory_scan)
-        if cfg.train.compile:
-            self._compile_students(cuda)
+        if cfg.train.compile or cfg.eval.compile:
+            self._compile_networks(cuda)
 
-    def _compile_students(self, cuda: bool) -> None:
-        """train.compile: compile the students' blocks in place (after the method made its teacher copies)."""
+    def _compile_networks(self, cuda: bool) -> None:
+        """train.compile / eval.compile: compile the students' (training) and the validated networks'
+        (eval) blocks in place, after the method made its teacher copies."""
         from ..models.compile import compile_blocks, compile_units
 
-        students = self.method.students()
-        if not any(compile_units(net) for net in students.values()):
-            raise ConfigError(f"train.compile: networks {', '.join(students)} have no compilable blocks "
-                              "(VSS blocks or patch layers); set train.compile=false")
-        if not cuda:
-            raise ConfigError(f"train.compile is measured and supported on CUDA; train.device resolves to {self.device}")
-        counts = {name: compile_blocks(net) for name, net in students.items()}
-        log.info("train.compile: compiled blocks per network %s (compiling at the first iterations)", counts)
+        cfg = self.cfg
+        wanted = {}  # network name -> (compile training calls, compile eval calls)
+        for switch, on, nets in (("train.compile", cfg.train.compile, self.method.students()),
+                                 ("eval.compile", cfg.eval.compile, self.method.eval_networks())):
+            if not on:
+                continue
+            if not any(compile_units(net) for net in nets.values()):
+                raise ConfigError(f"{switch}: networks {', '.join(nets)} have no compilable blocks "
+                                  f"(VSS blocks or patch layers); set {switch}=false")
+            if not cuda:
+                raise ConfigError(f"{switch} is measured and supported on CUDA; train.device resolves to {self.device}")
+            for name in nets:
+                train, evaluate = wanted.get(name, (False, False))
+                wanted[name] = (train or switch == "train.compile", evaluate or switch == "eval.compile")
+        modules = {**self.method.students(), **self.method.eval_networks()}
+        counts = {name: compile_blocks(modules[name], train=train, eval=evaluate)
+                  for name, (train, evaluate) in wanted.items()}
+        log.info("compiled blocks per network %s (compiling at first use)", counts)
 
     def _eval_graphs(self, name: str, net: nn.Module):
         """The network's validation `metrics.graphs.EvalGraphs` (eval.cuda_graphs on CUDA), kept

@@ -1,4 +1,4 @@
-"""torch.compile of a network's blocks, in place, for training (`train.compile: true`).
+"""torch.compile of a network's blocks, in place (`train.compile`, `eval.compile`).
 
 Why blocks and not the whole network: the SS2D scan is our own Triton op (excluded from tracing in
 `ops.ss2d`), so every VSS block breaks its graph there anyway; compiling block by block keeps each
@@ -7,8 +7,10 @@ state-dict names and `make_graphed_callables` (train.cuda_graphs) untouched.  Wh
 is the work around the scan: LayerNorms, casts, SiLU gating, residual adds, patch merging and
 expanding (Mamba-UNet bf16 step at batch 24 on an H200: see benchmarks/RESULTS.md).
 
-Only training-mode calls run compiled: validation feeds whole volumes whose slice count varies,
-and static-shape compilation per count would cost more than it saves.
+Training-mode and eval-mode calls are compiled separately, each on request: training with
+static shapes; validation (eval.compile) feeds whole volumes whose slice count varies, so its
+compiled code turns the batch dimension dynamic at the second size it sees instead of compiling
+once per size.
 """
 import types
 from typing import Callable, Dict, List, Tuple
@@ -25,32 +27,41 @@ def compile_units(net: nn.Module) -> List[nn.Module]:
     return [m for m in net.modules() if getattr(type(m), COMPILE_ATTRIBUTE, False)]
 
 
-def compile_blocks(net: nn.Module, backend: str = "inductor") -> int:
-    """Compile each compile unit of `net` for training-mode calls; returns how many were compiled.
+def compile_blocks(net: nn.Module, backend: str = "inductor", train: bool = True, eval: bool = False) -> int:
+    """Compile each compile unit of `net` for training-mode calls (`train`, static shapes: a
+    training batch has one shape) and/or eval-mode calls (`eval`, shapes dynamic after the first
+    change: validation batches are a volume's slices, 6-20 for ACDC); returns how many units.
 
-    Static shapes (a training batch has one shape); the recompile limit is raised because each
-    stage's blocks see their own shape.  One compiled function per layer class, taking the module
-    as its argument: blocks of one class share it, and a deep copy of the network (an EMA teacher)
-    runs its own weights through it.
+    One compiled function per (layer class, mode) taking the module as its argument: blocks of one
+    class share it, and a deep copy of the network (an EMA teacher) runs its own weights through it.
+    The recompile limit is raised because each stage's blocks see their own shape.
     """
+    modes = tuple(mode for mode, on in (("train", train), ("eval", eval)) if on)
+    if not modes:
+        raise ValueError("compile_blocks: nothing to compile (train and eval are both False)")
     _raise_recompile_limit(256)
     units = compile_units(net)
     for module in units:
-        module.forward = types.MethodType(_dispatching_forward, module)
-        _COMPILED.setdefault((type(module), backend),
-                             torch.compile(type(module).forward, backend=backend, dynamic=False))
+        for mode in modes:
+            _COMPILED.setdefault((type(module), backend, mode),
+                                 torch.compile(type(module).forward, backend=backend,
+                                               dynamic=False if mode == "train" else None))
         module._compile_backend = backend
+        module._compile_modes = modes
+        module.forward = types.MethodType(_dispatching_forward, module)
     return len(units)
 
 
-_COMPILED: Dict[Tuple[type, str], Callable] = {}
+_COMPILED: Dict[Tuple[type, str, str], Callable] = {}
 
 
 def _dispatching_forward(self: nn.Module, *args, **kwargs):
-    """A compile unit's forward: compiled in training mode, the class's eager forward otherwise.
-    Bound as a method, so `copy.deepcopy` re-binds it to the copy."""
-    if self.training:
-        return _COMPILED[(type(self), self._compile_backend)](self, *args, **kwargs)
+    """A compile unit's forward: the compiled function of the current mode where that mode was
+    compiled, the class's eager forward otherwise.  Bound as a method, so `copy.deepcopy` re-binds
+    it to the copy."""
+    mode = "train" if self.training else "eval"
+    if mode in self._compile_modes:
+        return _COMPILED[(type(self), self._compile_backend, mode)](self, *args, **kwargs)
     return type(self).forward(self, *args, **kwargs)
 
 
