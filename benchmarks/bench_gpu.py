@@ -495,7 +495,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--torch-ref", action="store_true", help="also time the torch reference scan (slow)")
     ap.add_argument("--no-sweep", action="store_true", help="time only the default tiles (saves ~40 s)")
-    ap.add_argument("--only", default="", help="comma list: run only the phases whose name contains one of these (NAME$: exactly)")
+    ap.add_argument("--only", default="",
+                    help="comma list: run only the phases whose name contains one of these (NAME$: exactly)")
     args = ap.parse_args()
     _RUN.update(budget=args.budget, tag=args.tag, only=[w for w in args.only.split(",") if w])
     out_dir = Path(args.out)

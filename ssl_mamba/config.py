@@ -78,7 +78,7 @@ class TrainConfig:
     # CUDA only: torch.compile (inductor) each VSS block and patch layer of the student networks
     # around the SS2D scan, fusing norms, casts and gating (models/compile.py); the first iterations
     # spend ~1 min compiling.  Combine with cuda_graphs for the fastest step.  Needs a student with
-    # such layers (Mamba-UNet, Swin-UNet's patch layers); validation runs the eager forward.
+    # such layers (Mamba-UNet, Swin-UNet's patch layers); validation runs eager unless eval.compile.
     compile: bool = False
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block
     # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200, measured before the op saved bf16 inputs,

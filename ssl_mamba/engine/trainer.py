@@ -220,23 +220,18 @@ class Trainer:
         (eval) blocks in place, after the method made its teacher copies."""
         from ..models.compile import compile_blocks, compile_units
 
-        cfg = self.cfg
-        wanted = {}  # network name -> (compile training calls, compile eval calls)
-        for switch, on, nets in (("train.compile", cfg.train.compile, self.method.students()),
-                                 ("eval.compile", cfg.eval.compile, self.method.eval_networks())):
-            if not on:
-                continue
-            if not any(compile_units(net) for net in nets.values()):
+        t, e = self.cfg.train.compile, self.cfg.eval.compile
+        students, validated = self.method.students(), self.method.eval_networks()
+        for switch, on, nets in (("train.compile", t, students), ("eval.compile", e, validated)):
+            if on and not any(compile_units(net) for net in nets.values()):
                 raise ConfigError(f"{switch}: networks {', '.join(nets)} have no compilable blocks "
                                   f"(VSS blocks or patch layers); set {switch}=false")
-            if not cuda:
-                raise ConfigError(f"{switch} is measured and supported on CUDA; train.device resolves to {self.device}")
-            for name in nets:
-                train, evaluate = wanted.get(name, (False, False))
-                wanted[name] = (train or switch == "train.compile", evaluate or switch == "eval.compile")
-        modules = {**self.method.students(), **self.method.eval_networks()}
-        counts = {name: compile_blocks(modules[name], train=train, eval=evaluate)
-                  for name, (train, evaluate) in wanted.items()}
+            if on and not cuda:
+                raise ConfigError(f"{switch} is measured and supported on CUDA; "
+                                  f"train.device resolves to {self.device}")
+        networks = {**(students if t else {}), **(validated if e else {})}
+        counts = {name: compile_blocks(net, train=t and name in students, eval=e and name in validated)
+                  for name, net in networks.items()}
         log.info("compiled blocks per network %s (compiling at first use)", counts)
 
     def _eval_graphs(self, name: str, net: nn.Module):

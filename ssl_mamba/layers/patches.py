@@ -11,7 +11,7 @@ from .norm import ProjectionLayerNorm
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch_size x patch_size conv, then LayerNorm: (B, Cin, H, W) -> (B, H/p, W/p, C)."""
-    compile_unit = True  # train.compile (models/compile.py)
+    compile_unit = True  # train.compile / eval.compile (models/compile.py)
 
     def __init__(self, in_chans: int, dim: int, patch_size: int = 4):
         super().__init__()
@@ -28,7 +28,7 @@ class PatchMerging(nn.Module):
     The four sub-grids are concatenated in the original order: (even row, even col),
     (odd row, even col), (even row, odd col), (odd row, odd col).
     """
-    compile_unit = True  # train.compile (models/compile.py)
+    compile_unit = True  # train.compile / eval.compile (models/compile.py)
 
     def __init__(self, dim: int):
         super().__init__()
@@ -55,7 +55,7 @@ def pixel_shuffle_last(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 class PatchExpand(nn.Module):
     """Linear(C -> 2C, no bias), 2x2 depth-to-space to C/2 channels, LayerNorm(C/2)."""
-    compile_unit = True  # train.compile (models/compile.py)
+    compile_unit = True  # train.compile / eval.compile (models/compile.py)
 
     def __init__(self, dim: int):
         super().__init__()
@@ -71,7 +71,7 @@ class FinalPatchExpand(nn.Module):
 
     With s = 4 this is the originals' `FinalPatchExpand_X4`, undoing the 4x4 patch embedding.
     """
-    compile_unit = True  # train.compile (models/compile.py)
+    compile_unit = True  # train.compile / eval.compile (models/compile.py)
 
     def __init__(self, dim: int, scale: int = 4):
         super().__init__()

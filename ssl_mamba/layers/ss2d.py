@@ -95,7 +95,7 @@ class SS2D(nn.Module):
 
 class VSSBlock(nn.Module):
     """Pre-norm residual SS2D block without MLP: x + DropPath(SS2D(LayerNorm(x)))."""
-    compile_unit = True  # train.compile compiles the block around the scan (models/compile.py)
+    compile_unit = True  # train.compile / eval.compile compile it around the scan (models/compile.py)
 
     def __init__(self, dim: int, drop_path: float = 0.0, d_state: int = 16, scan_backend: str = "auto"):
         super().__init__()

@@ -47,7 +47,7 @@ def compile_blocks(net: nn.Module, backend: str = "inductor", train: bool = True
                                  torch.compile(type(module).forward, backend=backend,
                                                dynamic=False if mode == "train" else None))
         module._compile_backend = backend
-        module._compile_modes = modes
+        module._compile_modes = tuple(set(getattr(module, "_compile_modes", ())) | set(modes))  # a second call adds
         module.forward = types.MethodType(_dispatching_forward, module)
     return len(units)
 
