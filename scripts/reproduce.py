@@ -2,6 +2,7 @@
 
     python scripts/reproduce.py run configs/acdc/fully_unet.yaml configs/acdc/semi_mamba_unet_7cases.yaml \
         --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--seeds 1337 2 3] [--commit HASH]
+    python scripts/reproduce.py run CONFIGS --jobs 4 --gpus 2   # two rows per GPU of a 2-GPU machine
     python scripts/reproduce.py table            # rewrites the table in results/README.md
 
 `run` trains each row (`ssl-mamba train`, resuming a row whose run directory already has a
@@ -17,11 +18,14 @@ alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).
 """
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -61,9 +65,18 @@ def check_existing_run(run_dir: Path, seed: Optional[int]) -> None:
 
 
 def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides: List[str],
-                       log_dir: Path, code: Optional[dict] = None) -> Path:
+                       log_dir: Path, code: Optional[dict] = None, gpus: Optional["GpuSlots"] = None) -> Path:
     """Train (or resume) one row at one seed, then evaluate it; returns its run directory.
-    `code` ({"commit", "source_sha256"}) is recorded as a training segment before training."""
+    `code` ({"commit", "source_sha256"}) is recorded as a training segment before training;
+    `gpus` hands the row one GPU of a multi-GPU machine for its whole run."""
+    if gpus is not None:
+        with gpus.take() as env:
+            return _train_and_evaluate(config, seed, runs, overrides, log_dir, code, env)
+    return _train_and_evaluate(config, seed, runs, overrides, log_dir, code, None)
+
+
+def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides: List[str], log_dir: Path,
+                        code: Optional[dict], env: Optional[dict]) -> Path:
     run_dir = runs / run_name(config, seed)
     check_existing_run(run_dir, seed)
     if seed is not None:
@@ -76,11 +89,33 @@ def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides:
             cmd = cli("train", "--resume", str(run_dir), "--no-progress")
         else:
             cmd = cli("train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if not (run_dir / "metrics" / "test" / "summary.json").is_file():
         subprocess.run(cli("evaluate", "--run", str(run_dir), "--split", "test"), check=True, stdout=log,
-                       stderr=subprocess.STDOUT, cwd=REPO)
+                       stderr=subprocess.STDOUT, cwd=REPO, env=env)
     return run_dir
+
+
+class GpuSlots:
+    """Rows spread over the GPUs of one machine: `take()` lends a row the least busy GPU (as
+    CUDA_VISIBLE_DEVICES in the environment of its train and evaluate commands) until it ends."""
+
+    def __init__(self, count: int):
+        if count < 1:
+            raise SystemExit(f"--gpus {count}: need at least 1")
+        self.busy = [0] * count
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self):
+        with self.lock:
+            gpu = min(range(len(self.busy)), key=self.busy.__getitem__)
+            self.busy[gpu] += 1
+        try:
+            yield {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+        finally:
+            with self.lock:
+                self.busy[gpu] -= 1
 
 
 def record_segment(run_dir: Path, code: dict) -> None:
@@ -94,8 +129,9 @@ def record_segment(run_dir: Path, code: dict) -> None:
     last = run_dir / "last.pt"
     start = int(torch.load(last, map_location="cpu", weights_only=False)["iteration"]) if last.is_file() else 0
     run_dir.mkdir(parents=True, exist_ok=True)
+    # (no card here: asking torch for it would open a CUDA context in this parent process; the
+    # trainer's train.log names the card at each start)
     record = {"from_iteration": start, "commit": code.get("commit"), "source_sha256": code.get("source_sha256"),
-              "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with (run_dir / SEGMENTS).open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -186,7 +222,8 @@ def command_run(args: argparse.Namespace) -> None:
     jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         code = {"commit": args.commit, "source_sha256": source}
-        futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs, code): (config, seed)
+        gpus = GpuSlots(args.gpus) if args.gpus else None
+        futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs, code, gpus): (config, seed)
                    for config, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
             config, seed = futures[future]
@@ -196,7 +233,7 @@ def command_run(args: argparse.Namespace) -> None:
                 print(f"FAILED {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
                       flush=True)
                 continue
-            shared = args.concurrent_rows or min(args.jobs, len(jobs))
+            shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) // (args.gpus or 1))  # rows per card
             dest = publish(run_dir, results, args.commit, full[config], source, shared)
             print(f"published {dest}", flush=True)
 
@@ -247,6 +284,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--iterations", type=int, help="shortened schedule (recorded as such in provenance.json)")
     run.add_argument("--seeds", type=int, nargs="+", help="train each row at these seeds (the table shows mean ± std)")
     run.add_argument("--jobs", type=int, default=1, help="rows trained at once (they share the GPU)")
+    run.add_argument("--gpus", type=int, help="spread the rows over this many GPUs of the machine (one GPU per row)")
     run.add_argument("--concurrent-rows", type=int,
                      help="rows sharing the card when several reproduce commands run at once (default: --jobs)")
     run.add_argument("--runs", default="runs/reproduce")

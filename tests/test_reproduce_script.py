@@ -121,3 +121,12 @@ def test_a_row_resumed_by_other_code_says_so(reproduce, tmp_path, monkeypatch):
     assert prov["mixed_code"] is True
     assert (dest / reproduce.SEGMENTS).is_file()
     assert "2 segments of different code" in reproduce.provenance_table([dest])
+
+
+def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce):
+    slots = reproduce.GpuSlots(2)
+    with slots.take() as a, slots.take() as b, slots.take() as c:
+        assert [a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"], c["CUDA_VISIBLE_DEVICES"]] == ["0", "1", "0"]
+    assert slots.busy == [0, 0]
+    with slots.take() as d:
+        assert d["CUDA_VISIBLE_DEVICES"] == "0" and "PATH" in d  # the rest of the environment is kept

@@ -363,8 +363,8 @@ class Trainer:
         cfg = self.cfg
         sizes = {k: sum(p.numel() for p in m.parameters()) for k, m in self.method.modules.items()}
         verb = f"resuming at iteration {self.iteration}" if self.resume else "starting"
-        log.info("%s %s: method %s, networks %s, parameters %s, device %s, %d labeled / %d unlabeled slices",
-                 verb, cfg.name, cfg.method.name, cfg.model.networks, sizes, self.device,
+        log.info("%s %s: method %s, networks %s, parameters %s, device %s (%s), %d labeled / %d unlabeled slices",
+                 verb, cfg.name, cfg.method.name, cfg.model.networks, sizes, self.device, device_name(self.device),
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
         if self.dist.enabled:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
