@@ -43,10 +43,11 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # The shipped default first, as the control of the sweep; the model runs use the sweep's fastest
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
-               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=4096)
+               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=4096, dt_gemm=False)
 # The persistent backward (train.low_memory_scan) against one program per work item (NOTES-gpu.md,
 # fourth session); the model runs time both as well (model_b24_ours_bf16_lowmem).
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
+         dict(DEFAULT, dt_gemm=True),  # the dt projection's backward as GEMMs (fifth session, untimed)
          dict(DEFAULT, bwd_programs=-1)]
 
 
@@ -57,7 +58,8 @@ def time_left() -> float:
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
             f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}"
-            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}")
+            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}"
+            f"_dg{int(cfg['dt_gemm'])}")
 
 
 def save(out_dir: Path) -> None:
@@ -174,6 +176,15 @@ def scan_errors(shape, dtype) -> tuple:
     g = torch.autograd.grad(y, tin, gy.to(y.dtype))
     errs = dict(zip(NAMES, [rel(y, yref)] + [rel(a, b) for a, b in zip(g, gref)]))
     return errs, bool(torch.isnan(y).any() or any(torch.isnan(t).any() for t in g))
+
+
+def with_config(fn, **cfg):
+    """fn() under a Triton variant, the current config restored afterwards."""
+    old = set_block_config(**cfg)
+    try:
+        return fn()
+    finally:
+        set_block_config(**old)
 
 
 def check_correctness() -> dict:
@@ -509,6 +520,7 @@ def main() -> None:
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
     set_block_config(**DEFAULT)
     phase("correctness", check_correctness, out_dir)
+    phase("correctness_dt_gemm", lambda: with_config(check_correctness, dt_gemm=True), out_dir)
     shape = (24, 56, 56, 192, 16, 6)
     ins = scan_inputs(*shape)
     gy = torch.randn(*shape[:4], device="cuda")
@@ -542,6 +554,9 @@ def main() -> None:
             phase("model_b24_ours_bf16_graphs_tp8192",  # more segments (more programs, more pre-pass)
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
                                       graphs=True), out_dir, need)
+            phase("model_b24_ours_bf16_dtgemm",  # its peak: the ddr buffer against the smaller d x_dbl partials
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], dt_gemm=True)),
+                  out_dir, need)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
                   out_dir, need)
@@ -569,6 +584,9 @@ def compile_phases(out_dir: Path) -> None:
     phase("model_b24_ours_bf16_compile_graphs_tp8192",
           lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
                               compiled=True, graphs=True), out_dir, 60)
+    phase("model_b24_ours_bf16_compile_graphs_dtgemm",
+          lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], dt_gemm=True), compiled=True,
+                              graphs=True), out_dir, 60)
     phase("model_b24_ours_bf16_compile_graphs_evalcompile",  # inference columns: eval.compile (+ graphs)
           lambda: model_bench("triton", True, 24, compiled=True, graphs=True, eval_compiled=True), out_dir, 90)
     phase("model_b16_ours_bf16_compile_graphs",
@@ -601,7 +619,8 @@ def summarize(shape, out_dir: Path) -> None:
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
+                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_compile_graphs_dtgemm",
+                  "ours_bf16_compile_graphs_evalcompile", "ours_bf16_dtgemm", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:
