@@ -90,7 +90,7 @@ K_DIRECTIONS = 4
 #   warp-shuffle sums per step) and accumulates d dt_proj in registers (R per thread); 1: it writes
 #   that per-channel gradient to a (B*L, 4, D) buffer in the input dtype and gets d dt_raw and
 #   d dt_proj from two batched GEMMs after the kernel.  Counted offline (sm_90 SASS, triton 3.9): the
-#   stage-4 backward (R = 48) spills 721 local-memory accesses and issues 960 shuffles per loop
+#   stage-4 backward (R = 48) has 713 local-memory (spill) accesses and 960 shuffles per loop
 #   iteration by default; see NOTES-gpu.md (fifth session).  Not yet timed on a GPU.
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
