@@ -89,9 +89,9 @@ K_DIRECTIONS = 4
 # dt_gemm: 0 (default): the backward reduces d(dt_raw @ dt_proj) over the channels in the kernel (R
 #   warp-shuffle sums per step) and accumulates d dt_proj in registers (R per thread); 1: it writes
 #   that per-channel gradient to a (B*L, 4, D) buffer in the input dtype and gets d dt_raw and
-#   d dt_proj from two batched GEMMs after the kernel.  Counted offline (sm_90 SASS, triton 3.9): the
-#   stage-4 backward (R = 48) has 713 local-memory (spill) accesses and 960 shuffles per loop
-#   iteration by default; see NOTES-gpu.md (fifth session).  Not yet timed on a GPU.
+#   d dt_proj from two batched GEMMs after the kernel.  Counted offline in the stage-4 backward's
+#   sm_90 SASS (R = 48; benchmarks/sass_bwd_offline.py): 713 spill instructions and 960 shuffles by
+#   default, 0 and 320 with dt_gemm; see NOTES-gpu.md (fifth session).  Not yet timed on a GPU.
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
            "target_programs": 4096, "dt_gemm": 0}
