@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -64,6 +65,40 @@ def check_existing_run(run_dir: Path, seed: Optional[int]) -> None:
         raise SystemExit(f"{run_dir} holds a run at seed {had}, not {seed}: remove it or use another --runs")
 
 
+class RowsStopped(Exception):
+    """A stop signal came before this command could start."""
+
+
+_STOP = threading.Event()  # set by SIGTERM / SIGINT to this script
+_CHILDREN: set = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def run_child(cmd: List[str], log, env: Optional[dict]) -> None:
+    """Run one train / evaluate command.  After a stop request no new command starts, and the
+    running ones get SIGTERM, on which a training writes last.pt and ends (resumable)."""
+    with _CHILDREN_LOCK:
+        if _STOP.is_set():
+            raise RowsStopped(" ".join(cmd))
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        _CHILDREN.add(child)
+    try:
+        code = child.wait()
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(child)
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def request_stop(signum=signal.SIGTERM, _frame=None) -> None:
+    """Signal handler: stop starting commands and ask the running ones to stop cleanly."""
+    with _CHILDREN_LOCK:
+        _STOP.set()
+        for child in _CHILDREN:
+            child.send_signal(signal.SIGTERM)
+
+
 def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides: List[str],
                        log_dir: Path, code: Optional[dict] = None, gpus: Optional["GpuSlots"] = None) -> Path:
     """Train (or resume) one row at one seed, then evaluate it; returns its run directory.
@@ -89,10 +124,9 @@ def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides
             cmd = cli("train", "--resume", str(run_dir), "--no-progress")
         else:
             cmd = cli("train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        run_child(cmd, log, env)
     if not (run_dir / "metrics" / "test" / "summary.json").is_file():
-        subprocess.run(cli("evaluate", "--run", str(run_dir), "--split", "test"), check=True, stdout=log,
-                       stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        run_child(cli("evaluate", "--run", str(run_dir), "--split", "test"), log, env)
     return run_dir
 
 
@@ -220,6 +254,8 @@ def command_run(args: argparse.Namespace) -> None:
         overrides.append(f"train.max_iterations={args.iterations}")
     full = {Path(c): load_config(c).train.max_iterations for c in args.configs}
     jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a time limit or Ctrl-C: rows stop resumably
+        signal.signal(sig, request_stop)
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         code = {"commit": args.commit, "source_sha256": source}
         gpus = GpuSlots(args.gpus) if args.gpus else None
@@ -229,13 +265,19 @@ def command_run(args: argparse.Namespace) -> None:
             config, seed = futures[future]
             try:
                 run_dir = future.result()
+            except RowsStopped:
+                print(f"not started (stop requested): {config} (seed {seed})", flush=True)
+                continue
             except subprocess.CalledProcessError as exc:
-                print(f"FAILED {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
+                what = "STOPPED (resume with the same command)" if _STOP.is_set() else "FAILED"
+                print(f"{what} {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
                       flush=True)
                 continue
             shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) // (args.gpus or 1))  # rows per card
             dest = publish(run_dir, results, args.commit, full[config], source, shared)
             print(f"published {dest}", flush=True)
+    if _STOP.is_set():
+        raise SystemExit("stopped by a signal: the unfinished rows resume with the same command")
 
 
 def provenance_table(rows: List[Path]) -> str:

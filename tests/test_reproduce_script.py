@@ -130,3 +130,39 @@ def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce):
     assert slots.busy == [0, 0]
     with slots.take() as d:
         assert d["CUDA_VISIBLE_DEVICES"] == "0" and "PATH" in d  # the rest of the environment is kept
+
+
+def test_a_stop_request_reaches_running_rows_and_starts_no_more(reproduce, tmp_path):
+    """SIGTERM / SIGINT to reproduce.py (a device call's time limit): running trainings get SIGTERM,
+    on which they write last.pt and end; rows not yet started are not started."""
+    import subprocess
+    import sys
+    import threading
+
+    ready = tmp_path / "ready"
+    child = ("import pathlib, signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             "time.sleep(60)\n")
+    errors = []
+
+    def run():
+        try:
+            reproduce.run_child([sys.executable, "-c", child], subprocess.DEVNULL, None)
+        except subprocess.CalledProcessError as exc:
+            errors.append(exc.returncode)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        for _ in range(600):
+            if ready.exists():
+                break
+            threading.Event().wait(0.05)
+        reproduce.request_stop()
+        worker.join(timeout=30)
+        assert errors == [7], "the running command did not get SIGTERM"
+        with pytest.raises(reproduce.RowsStopped):
+            reproduce.run_child([sys.executable, "-c", "pass"], subprocess.DEVNULL, None)
+    finally:
+        reproduce._STOP.clear()

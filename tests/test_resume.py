@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,51 @@ def test_resume_without_checkpoint_and_reuse_of_run_dir_are_errors(tmp_path, pha
     save_checkpoint({"iteration": 1}, tmp_path / "used" / "last.pt")
     with pytest.raises(UserError, match="already holds a run"):
         Trainer(_cfg(phantom_root), tmp_path / "used", progress=False)
+
+
+def _logged_steps(run_dir: Path) -> int:
+    log = run_dir / "metrics.jsonl"
+    return len(th.read_jsonl(log)) if log.is_file() else 0
+
+
+def test_sigterm_stops_after_the_iteration_with_a_checkpoint_and_resume_is_exact(tmp_path, phantom_root):
+    """A time limit's SIGTERM between periodic checkpoints loses nothing: the run writes last.pt at the
+    iteration it stopped after, and resuming from there equals an uninterrupted run."""
+    def cfg(sleep=0.0):
+        c = _cfg(phantom_root, sleep)
+        c.train.checkpoint_every = 1000  # no periodic checkpoint before the end: only the stop writes one
+        return c
+
+    straight = tmp_path / "straight"
+    Trainer(cfg(), straight, progress=False).fit()
+    stopped = tmp_path / "stopped"
+    cfg_path = tmp_path / "stopped.yaml"
+    th.write_config(cfg(sleep=0.4), cfg_path)
+    child = subprocess.Popen([sys.executable, str(Path(th.__file__)), str(cfg_path), str(stopped)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while _logged_steps(stopped) < 3:
+            assert child.poll() is None and time.time() < deadline, "the child ended or stalled before the signal"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode != 0 and "stopped by SIGTERM after iteration" in err, err[-2000:]
+    at = load_checkpoint(stopped / "last.pt")["iteration"]
+    assert 3 <= at < N_ITERS and f"after iteration {at};" in err
+    Trainer(cfg(), stopped, resume=True, progress=False).fit()
+    a, b = _weights(straight), _weights(stopped)
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume from the SIGTERM at iteration {at}"
+
+
+def test_loader_workers_leave_stop_signals_to_the_trainer():
+    code = ("import os, signal; from ssl_mamba.data.stream import ignore_stop_signals; ignore_stop_signals(0); "
+            "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); print('alive')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "alive", out.stderr

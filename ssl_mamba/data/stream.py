@@ -10,6 +10,7 @@ Every draw is therefore a pure function of (seed, batch number), and `state_dict
 number of batches handed out so far.
 """
 import re
+import signal
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -73,6 +74,14 @@ def _worker_message(exc: UserError) -> str:
     return lines[-1] if lines else str(exc)
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM / SIGINT to the trainer, which stops cleanly on them (writes
+    last.pt) and then shuts the workers down; a worker killed by the same signal first would make
+    the main process fail before it could save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainStream:
     """An endless iterator of `Batch` on `device`, with labeled rows first.
 
@@ -86,7 +95,8 @@ class TrainStream:
         self.seed, self.device, self.rank = int(seed), torch.device(device), int(rank)
         cuda = self.device.type == "cuda"
         self.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
-                                 pin_memory=cuda, persistent_workers=num_workers > 0)
+                                 pin_memory=cuda, persistent_workers=num_workers > 0,
+                                 worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
         self.position = 0
         self._iter: Optional[Iterator] = None
 

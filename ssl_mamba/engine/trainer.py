@@ -11,9 +11,12 @@ Under torchrun (WORLD_SIZE > 1) the same code trains data-parallel: see `distrib
 the batch, gradient, BatchNorm and randomness semantics.  Only rank 0 validates, logs and
 writes files; every rank reads `last.pt` on resume.
 """
+import contextlib
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -87,6 +90,14 @@ def git_commit(where: Optional[Path] = None) -> Optional[str]:
         return None
     changed = git("status", "--porcelain", "--untracked-files=no")
     return head + "-dirty" if changed else head
+
+
+# Signals that end a training run cleanly: the iteration in progress finishes, last.pt is written.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(UserError):
+    """A stop signal ended training after writing last.pt; `--resume` continues exactly."""
 
 
 def device_name(device: torch.device) -> str:
@@ -192,6 +203,7 @@ class Trainer:
         self.graphs: Optional[GraphedNetworks] = None  # captured at the first iteration (train.cuda_graphs)
         self.eval_graphs: dict = {}  # eval network -> its EvalGraphs, grown at validations (eval.cuda_graphs)
         self._configure_gpu_switches()
+        self.stop_signal: Optional[signal.Signals] = None  # set by SIGTERM / SIGINT during fit()
         self.iteration = 0
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
@@ -342,12 +354,16 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, resume_step) if main else None
         try:
             self._log_start()
-            self._loop(start_wall)
+            with self._stop_signals():
+                self._loop(start_wall)
             summary = self._finish(start_wall)
             ddp.barrier(self.dist)  # every rank past its last collective before the group is torn down
             return summary
         except TrainingDiverged as exc:
             log.error("%s", exc)
+            raise
+        except TrainingInterrupted as exc:
+            log.warning("%s", exc)
             raise
         finally:
             if self.logger is not None:
@@ -370,6 +386,40 @@ class Trainer:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
                      "synchronised (SyncBatchNorm)" if cfg.train.sync_bn else "per process")
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """While training, SIGTERM / SIGINT (a time limit's `timeout`, Ctrl-C) ask the loop to stop
+        after the iteration in progress and write last.pt, so no work since the last periodic
+        checkpoint is lost; a second Ctrl-C interrupts at once.  Single-process runs in the main
+        thread only (under torchrun every rank would have to stop at the same iteration)."""
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+        def request_stop(signum, _frame):
+            self.stop_signal = signal.Signals(signum)
+            # a second Ctrl-C interrupts at once; repeated SIGTERMs (a timeout's to the process group,
+            # then a parent's forward) only ask again
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_if_asked(self, checkpointed: bool) -> None:
+        if self.stop_signal is None or self.iteration >= self.cfg.train.max_iterations:
+            return
+        if not checkpointed:
+            self._save_last()
+        raise TrainingInterrupted(f"stopped by {self.stop_signal.name} after iteration {self.iteration}; "
+                                  f"{self.run_dir / LAST} holds it: continue with "
+                                  f"`ssl-mamba train --resume {self.run_dir}`")
 
     def _loop(self, start_wall: float) -> None:
         from tqdm import tqdm
@@ -396,8 +446,10 @@ class Trainer:
                 self.elapsed["train"] += time.perf_counter() - tick
                 self._after_iteration(result, batch)
                 self.elapsed["wall"] = wall0 + time.perf_counter() - start_wall
-                if self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations:
+                checkpoint = self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations
+                if checkpoint:
                     self._save_last()
+                self._stop_if_asked(checkpointed=checkpoint)
                 bar.update(1)
                 if result.losses:
                     bar.set_postfix(loss=f"{sum(result.losses.values()):.4f}", refresh=False)
