@@ -26,7 +26,7 @@ from ssl_mamba.config import load_config
 from ssl_mamba.data.samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler
 from ssl_mamba.engine.checkpoint import load_checkpoint
 from ssl_mamba.engine.distributed import DistContext, check_replicas, convert_sync_bn, shard_sizes
-from ssl_mamba.engine.trainer import Trainer
+from ssl_mamba.engine.trainer import Trainer, TrainingInterrupted
 from ssl_mamba.errors import ConfigError, DataError, UserError
 from ssl_mamba.models import MODELS, register_model
 
@@ -232,3 +232,34 @@ def test_torchrun_cli_trains_once(tmp_path, phantom_root):
     assert summary["processes"] == 2 and summary["iterations"] == 2
     assert [r["step"] for r in th.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
     assert (run_dir / "last.pt").is_file() and (run_dir / "best_net1.pth").is_file()
+
+
+def _stop_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:
+    """One rank of a run in which rank 1 alone receives SIGTERM; records how this rank ended."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        try:
+            Trainer(load_config(cfg_path, []), Path(run_dir), progress=False).fit()
+            Path(out_dir, f"ended_{rank}.txt").write_text("finished")
+        except TrainingInterrupted as exc:
+            Path(out_dir, f"ended_{rank}.txt").write_text(str(exc))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path, phantom_root):
+    """torchrun forwards a time limit's SIGTERM to every rank, but not at the same instant: the request
+    travels with the per-step scalar all-reduce, so all ranks stop after one iteration and write one
+    last.pt there (a rank that stopped alone would leave the other waiting in a collective)."""
+    cfg = _config(tmp_path, phantom_root, "stop", max_iterations=8, checkpoint_every=100, val_every=100,
+                  options={"term_at": 2, "term_rank": 1})
+    run_dir = tmp_path / "run"
+    mp.spawn(_stop_worker, args=(free_port(), cfg, str(run_dir), str(tmp_path)), nprocs=WORLD, join=True)
+    ended = [(tmp_path / f"ended_{r}.txt").read_text() for r in range(WORLD)]
+    assert "stopped by SIGTERM after iteration 3;" in ended[1], ended
+    assert "stopped by a signal to another rank after iteration 3;" in ended[0], ended
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 3

@@ -5,6 +5,8 @@ stand-ins); `python tests/test_trainer.py CONFIG RUN_DIR` trains one run (test_r
 """
 import json
 import math
+import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,8 @@ PATCH = 32
 class ProbeOptions:
     nan_at: int = -1  # 0-based iteration whose loss is NaN
     sleep: float = 0.0  # seconds per iteration
+    term_at: int = -1  # 0-based iteration at which rank `term_rank` sends itself SIGTERM
+    term_rank: int = 0
 
 
 def _sup_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -63,6 +67,8 @@ if "_test_probe" not in METHODS:
             loss = sum(losses)
             if step == self.options.nan_at:
                 loss = loss * float("nan")
+            if step == self.options.term_at and int(os.environ.get("RANK", "0")) == self.options.term_rank:
+                os.kill(os.getpid(), signal.SIGTERM)
             logs = {"loss/ce": float(loss.detach()), "probe/autocast": float(torch.is_autocast_enabled("cpu"))}
             return StepOutput(losses={"seg": loss}, logs=logs, images={"probe/image": batch.image[:2].clamp(0, 1)})
 

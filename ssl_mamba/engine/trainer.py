@@ -94,6 +94,7 @@ def git_commit(where: Optional[Path] = None) -> Optional[str]:
 
 # Signals that end a training run cleanly: the iteration in progress finishes, last.pt is written.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_VOTE = "_stop_requested"  # key added to the per-step scalar all-reduce under torchrun
 
 
 class TrainingInterrupted(UserError):
@@ -391,9 +392,9 @@ class Trainer:
     def _stop_signals(self):
         """While training, SIGTERM / SIGINT (a time limit's `timeout`, Ctrl-C) ask the loop to stop
         after the iteration in progress and write last.pt, so no work since the last periodic
-        checkpoint is lost; a second Ctrl-C interrupts at once.  Single-process runs in the main
-        thread only (under torchrun every rank would have to stop at the same iteration)."""
-        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+        checkpoint is lost; a second Ctrl-C interrupts at once.  Only in the main
+        thread (under torchrun each rank's request is all-reduced, so all stop after one iteration)."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -412,14 +413,12 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _stop_if_asked(self, checkpointed: bool) -> None:
-        if self.stop_signal is None or self.iteration >= self.cfg.train.max_iterations:
-            return
+    def _stop(self, checkpointed: bool) -> None:
         if not checkpointed:
             self._save_last()
-        raise TrainingInterrupted(f"stopped by {self.stop_signal.name} after iteration {self.iteration}; "
-                                  f"{self.run_dir / LAST} holds it: continue with "
-                                  f"`ssl-mamba train --resume {self.run_dir}`")
+        by = self.stop_signal.name if self.stop_signal is not None else "a signal to another rank"
+        raise TrainingInterrupted(f"stopped by {by} after iteration {self.iteration}; {self.run_dir / LAST} "
+                                  f"holds it: continue with `ssl-mamba train --resume {self.run_dir}`")
 
     def _loop(self, start_wall: float) -> None:
         from tqdm import tqdm
@@ -438,9 +437,13 @@ class Trainer:
                     self.graphs = self._capture_graphs(batch)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
                                        t.amp, t.on_nonfinite, self.sync, self.graphs)
+                stop = self.stop_signal is not None
                 if self.sync is not None:
                     ddp.broadcast_state(self.method.modules, self.dist, buffers_only=True)
-                    result.logs = self.sync.mean_scalars(result.logs)
+                    # the stop request rides on the logs' all-reduce: every rank stops after the same iteration
+                    logs = self.sync.mean_scalars({**result.logs, STOP_VOTE: float(stop)})
+                    stop = logs.pop(STOP_VOTE) > 0
+                    result.logs = logs
                 self.iteration += 1
                 self._apply_lr()
                 self.elapsed["train"] += time.perf_counter() - tick
@@ -449,7 +452,8 @@ class Trainer:
                 checkpoint = self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations
                 if checkpoint:
                     self._save_last()
-                self._stop_if_asked(checkpointed=checkpoint)
+                if stop and self.iteration < t.max_iterations:
+                    self._stop(checkpointed=checkpoint)
                 bar.update(1)
                 if result.losses:
                     bar.set_postfix(loss=f"{sum(result.losses.values()):.4f}", refresh=False)
