@@ -413,6 +413,18 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _agree_across_ranks(self, result: IterationResult, stop: bool) -> bool:
+        """Under torchrun: the buffers from rank 0, the logged scalars averaged, and whether any rank
+        was asked to stop (the request rides on that all-reduce, so all ranks stop after the same
+        iteration).  A single process keeps its own answer."""
+        if self.sync is None:
+            return stop
+        ddp.broadcast_state(self.method.modules, self.dist, buffers_only=True)
+        logs = self.sync.mean_scalars({**result.logs, STOP_VOTE: float(stop)})
+        stop = logs.pop(STOP_VOTE) > 0
+        result.logs = logs
+        return stop
+
     def _stop(self, checkpointed: bool) -> None:
         if not checkpointed:
             self._save_last()
@@ -437,13 +449,7 @@ class Trainer:
                     self.graphs = self._capture_graphs(batch)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
                                        t.amp, t.on_nonfinite, self.sync, self.graphs)
-                stop = self.stop_signal is not None
-                if self.sync is not None:
-                    ddp.broadcast_state(self.method.modules, self.dist, buffers_only=True)
-                    # the stop request rides on the logs' all-reduce: every rank stops after the same iteration
-                    logs = self.sync.mean_scalars({**result.logs, STOP_VOTE: float(stop)})
-                    stop = logs.pop(STOP_VOTE) > 0
-                    result.logs = logs
+                stop = self._agree_across_ranks(result, self.stop_signal is not None)
                 self.iteration += 1
                 self._apply_lr()
                 self.elapsed["train"] += time.perf_counter() - tick
