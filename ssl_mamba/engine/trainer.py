@@ -211,10 +211,13 @@ class Trainer:
         self.elapsed = {"wall": 0.0, "train": 0.0}
 
     def _configure_gpu_switches(self) -> None:
-        """Check train.cuda_graphs / eval.cuda_graphs / train.low_memory_scan against the device and
-        backend (a switch that silently does nothing is worse than an error), then apply the last."""
+        """Check the GPU switches (cuda_graphs, compile, low_memory_scan) against the networks, the
+        device and the backend (a switch that silently does nothing is worse than an error), then
+        apply low_memory_scan and compile."""
         cfg, cuda = self.cfg, self.device.type == "cuda"
-        for key, on in (("train.cuda_graphs", cfg.train.cuda_graphs), ("eval.cuda_graphs", cfg.eval.cuda_graphs)):
+        self._check_compilable()
+        for key, on in (("train.cuda_graphs", cfg.train.cuda_graphs), ("eval.cuda_graphs", cfg.eval.cuda_graphs),
+                        ("train.compile", cfg.train.compile), ("eval.compile", cfg.eval.compile)):
             if on and not cuda:
                 raise ConfigError(f"{key} needs a CUDA device; train.device resolves to {self.device}")
         if cfg.train.cuda_graphs and cfg.train.sync_bn and self.dist.enabled:
@@ -226,22 +229,25 @@ class Trainer:
                               f"{cfg.model.scan_backend!r} does not run triton")
         set_low_memory_scan(cfg.train.low_memory_scan)
         if cfg.train.compile or cfg.eval.compile:
-            self._compile_networks(cuda)
+            self._compile_networks()
 
-    def _compile_networks(self, cuda: bool) -> None:
-        """train.compile / eval.compile: compile the students' (training) and the validated networks'
-        (eval) blocks in place, after the method made its teacher copies."""
-        from ..models.compile import compile_blocks, compile_units
+    def _check_compilable(self) -> None:
+        """train.compile / eval.compile need networks with compilable blocks."""
+        from ..models.compile import compile_units
 
-        t, e = self.cfg.train.compile, self.cfg.eval.compile
-        students, validated = self.method.students(), self.method.eval_networks()
-        for switch, on, nets in (("train.compile", t, students), ("eval.compile", e, validated)):
+        for switch, on, nets in (("train.compile", self.cfg.train.compile, self.method.students()),
+                                 ("eval.compile", self.cfg.eval.compile, self.method.eval_networks())):
             if on and not any(compile_units(net) for net in nets.values()):
                 raise ConfigError(f"{switch}: networks {', '.join(nets)} have no compilable blocks "
                                   f"(VSS blocks or patch layers); set {switch}=false")
-            if on and not cuda:
-                raise ConfigError(f"{switch} is measured and supported on CUDA; "
-                                  f"train.device resolves to {self.device}")
+
+    def _compile_networks(self) -> None:
+        """train.compile / eval.compile: compile the students' (training) and the validated networks'
+        (eval) blocks in place, after the method made its teacher copies."""
+        from ..models.compile import compile_blocks
+
+        t, e = self.cfg.train.compile, self.cfg.eval.compile
+        students, validated = self.method.students(), self.method.eval_networks()
         networks = {**(students if t else {}), **(validated if e else {})}
         counts = {name: compile_blocks(net, train=t and name in students, eval=e and name in validated)
                   for name, net in networks.items()}
