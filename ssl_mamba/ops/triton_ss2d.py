@@ -69,8 +69,8 @@ K_DIRECTIONS = 4
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at target_programs).
 # target_programs: programs per launch the automatic segment count aims at (4096: ~8 one-warp
 #   programs per scheduler on a 132-SM H100/H200).  Each segment but the last costs a pre-pass over
-#   its steps, and the backward has only ~1,056 resident slots (255 registers), so fewer may pay;
-#   not yet swept at the model level (bench_gpu.py times 2048 next to the default).
+#   its steps.  Measured at the model level (H200, b24 bf16 + graphs, benchmarks/RESULTS.md): 2048
+#   slower (64.4 vs 60.1 ms), 8192 faster (59.3 vs 60.3) but reserving ~12 GiB instead of ~5.5.
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
 #   projection as (T, channels) tiles); 4 was the fastest of 2 / 4 / 8 in the H200 sweep of v7
 #   (benchmarks/NOTES-gpu.md), though by less than the run-to-run spread.
@@ -644,7 +644,7 @@ class _SS2DScanFn(torch.autograd.Function):
                                DT_GEMM=plan["dt_gemm"], **plan["bwd_options"], **tiles)
         dx_dbl = dpart.sum(0) if items[1] > 1 else dpart[0]
         if plan["dt_gemm"]:
-            d_dt_raw, ddtw = _dt_projection_grads(ddr, x_dbl, dtw_t)
+            d_dt_raw, ddtw = _dt_projection_grads(ddr, x_dbl_in, dtw_t)
             dx_dbl = torch.cat([d_dt_raw, dx_dbl], dim=-1)
         dx_dbl = dx_dbl.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
@@ -652,7 +652,8 @@ class _SS2DScanFn(torch.autograd.Function):
 
 def _dt_projection_grads(ddr: torch.Tensor, x_dbl: torch.Tensor, dtw_t: torch.Tensor):
     """dt_gemm's two batched GEMMs over the positions P = B*L, one batch per direction k, from
-    ddr (P, 4, D): d dt_raw[p, k] = ddr[p, k] @ dt_proj[k], returned (P, 4, R) fp32, and
+    ddr (P, 4, D) and the op's saved x_dbl (its own dtype, not the widened copy):
+    d dt_raw[p, k] = ddr[p, k] @ dt_proj[k], returned (P, 4, R) fp32, and
     d dt_proj[k] = dt_raw[:, k]^T @ ddr[:, k], returned (4, R, D) fp32.  In ddr's dtype (bf16 under
     autocast, like the model's other GEMMs; TF32 where the caller allows it)."""
     r = dtw_t.shape[1]
