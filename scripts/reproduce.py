@@ -158,10 +158,10 @@ def record_segment(run_dir: Path, code: dict) -> None:
     A long row may be trained in several device calls or sessions (resumed from last.pt, which
     travels with the run directory), possibly by different commits; publish() lists the segments in
     provenance.json and flags a row whose segments ran different code."""
-    import torch
+    from ssl_mamba.engine.checkpoint import load_checkpoint
 
     last = run_dir / "last.pt"
-    start = int(torch.load(last, map_location="cpu", weights_only=False)["iteration"]) if last.is_file() else 0
+    start = int(load_checkpoint(last)["iteration"]) if last.is_file() else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     # (no card here: asking torch for it would open a CUDA context in this parent process; the
     # trainer's train.log names the card at each start)
@@ -256,9 +256,10 @@ def command_run(args: argparse.Namespace) -> None:
     jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
     for sig in (signal.SIGTERM, signal.SIGINT):  # a time limit or Ctrl-C: rows stop resumably
         signal.signal(sig, request_stop)
+    code = {"commit": args.commit, "source_sha256": source}
+    gpus = GpuSlots(args.gpus) if args.gpus else None
+    shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) // (args.gpus or 1))  # rows per card
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        code = {"commit": args.commit, "source_sha256": source}
-        gpus = GpuSlots(args.gpus) if args.gpus else None
         futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs, code, gpus): (config, seed)
                    for config, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
@@ -273,7 +274,6 @@ def command_run(args: argparse.Namespace) -> None:
                 print(f"{what} {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
                       flush=True)
                 continue
-            shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) // (args.gpus or 1))  # rows per card
             dest = publish(run_dir, results, args.commit, full[config], source, shared)
             print(f"published {dest}", flush=True)
     if _STOP.is_set():
@@ -326,9 +326,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--iterations", type=int, help="shortened schedule (recorded as such in provenance.json)")
     run.add_argument("--seeds", type=int, nargs="+", help="train each row at these seeds (the table shows mean ± std)")
     run.add_argument("--jobs", type=int, default=1, help="rows trained at once (they share the GPU)")
-    run.add_argument("--gpus", type=int, help="spread the rows over this many GPUs of the machine (one GPU per row)")
+    run.add_argument("--gpus", type=int,
+                     help="spread the rows over this many GPUs of the machine (each row on the least busy one)")
     run.add_argument("--concurrent-rows", type=int,
-                     help="rows sharing the card when several reproduce commands run at once (default: --jobs)")
+                     help="rows sharing a card when several reproduce commands run at once "
+                          "(default: --jobs / --gpus, rounded up)")
     run.add_argument("--runs", default="runs/reproduce")
     run.add_argument("--results", default=str(REPO / "results"))
     run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")

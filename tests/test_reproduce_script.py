@@ -106,13 +106,13 @@ def test_seed_folders_of_a_row_pool_into_one_table_row(reproduce, tmp_path, caps
 
 def test_a_row_resumed_by_other_code_says_so(reproduce, tmp_path, monkeypatch):
     """A long row trained over several device sessions lists each segment's code in provenance."""
-    import torch
+    from ssl_mamba.engine.checkpoint import save_checkpoint
 
     run_dir = tmp_path / "runs" / "acdc_fully_unet"
     shutil.copytree(REPO / "results" / "acdc_fully_unet", run_dir)
     (run_dir / reproduce.SEGMENTS).unlink(missing_ok=True)
     reproduce.record_segment(run_dir, {"commit": "aaa", "source_sha256": "1" * 64})
-    torch.save({"iteration": 4250}, run_dir / "last.pt")
+    save_checkpoint({"iteration": 4250}, run_dir / "last.pt")
     reproduce.record_segment(run_dir, {"commit": "bbb", "source_sha256": "2" * 64})
     monkeypatch.setattr(reproduce, "pack_dtype", lambda root: "uint8")
     dest = reproduce.publish(run_dir, tmp_path / "results", "bbb", 10000, "2" * 64)
