@@ -319,12 +319,8 @@ def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict
     compiled: torch.compile around everything but the scan (see mamba_unet_training);
     eval_compiled: the eval-mode forward too (eval.compile), which the inference columns then time.
     """
-    old = set_block_config(**cfg) if cfg else None
-    try:
-        return _model_bench(backend, bf16, batch, iters, graphs, compiled, eval_compiled)
-    finally:
-        if old:
-            set_block_config(**old)
+    return with_config(lambda: _model_bench(backend, bf16, batch, iters, graphs, compiled, eval_compiled),
+                       **(cfg or {}))
 
 
 def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False, compiled: bool = False,
@@ -620,7 +616,8 @@ def summarize(shape, out_dir: Path) -> None:
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
                   "ours_bf16_compile_graphs_tp8192", "ours_bf16_compile_graphs_dtgemm",
-                  "ours_bf16_compile_graphs_evalcompile", "ours_bf16_dtgemm", "ours_bf16_lowmem", "ours_fp32_graphs", "ours_fp32_seg1", "torchref_fp32"):
+                  "ours_bf16_compile_graphs_evalcompile", "ours_bf16_dtgemm", "ours_bf16_lowmem", "ours_fp32_graphs",
+                  "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:
                 if m is not None:

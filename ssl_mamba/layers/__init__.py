@@ -9,6 +9,6 @@ from .swin import SwinBlock, WindowAttention, relative_position_index, shifted_w
 
 __all__ = [
     "DropPath", "init_linear_and_norm", "ProjectionLayerNorm", "PatchEmbed", "PatchMerging", "PatchExpand",
-    "FinalPatchExpand", "pixel_shuffle_last", "SS2D", "VSSBlock", "dt_rank_for", "inverse_softplus", "SwinBlock", "WindowAttention",
-    "relative_position_index", "shifted_window_mask", "window_partition", "window_reverse",
+    "FinalPatchExpand", "pixel_shuffle_last", "SS2D", "VSSBlock", "dt_rank_for", "inverse_softplus", "SwinBlock",
+    "WindowAttention", "relative_position_index", "shifted_window_mask", "window_partition", "window_reverse",
 ]
