@@ -553,6 +553,9 @@ def main() -> None:
             phase("model_b24_ours_bf16_dtgemm",  # its peak: the ddr buffer against the smaller d x_dbl partials
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], dt_gemm=True)),
                   out_dir, need)
+            phase("model_b24_ours_bf16_tp8192",  # its plain (ungraphed) peak: can 8192 be the default?
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192)),
+                  out_dir, need)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
                   out_dir, need)
@@ -583,6 +586,10 @@ def compile_phases(out_dir: Path) -> None:
     phase("model_b24_ours_bf16_compile_graphs_dtgemm",
           lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], dt_gemm=True), compiled=True,
                               graphs=True), out_dir, 60)
+    phase("model_b24_ours_bf16_compile_graphs_dtgemm_tp8192",  # the two faster settings together
+          lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], dt_gemm=True,
+                                                           target_programs=8192), compiled=True, graphs=True),
+          out_dir, 60)
     phase("model_b24_ours_bf16_compile_graphs_evalcompile",  # inference columns: eval.compile (+ graphs)
           lambda: model_bench("triton", True, 24, compiled=True, graphs=True, eval_compiled=True), out_dir, 90)
     phase("model_b16_ours_bf16_compile_graphs",
@@ -616,6 +623,7 @@ def summarize(shape, out_dir: Path) -> None:
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
                   "ours_bf16_compile_graphs_tp8192", "ours_bf16_compile_graphs_dtgemm",
+                  "ours_bf16_compile_graphs_dtgemm_tp8192", "ours_bf16_tp8192",
                   "ours_bf16_compile_graphs_evalcompile", "ours_bf16_dtgemm", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
