@@ -14,6 +14,7 @@ from torch import nn
 from ..ops import ss2d_scan
 from .drop_path import DropPath
 from .norm import ProjectionLayerNorm
+from .recompute import recompute_in_backward
 
 NUM_DIRECTIONS = 4
 
@@ -81,12 +82,22 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)
         x, z = xz.chunk(2, dim=-1)  # each (B, H, W, D)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
+        # Two pieces run again in the backward instead of saving their insides (each would keep one
+        # or two (B, H, W, D) tensors per block alive until the backward reaches it): the conv's
+        # output (SiLU's input) and the gate's norm output and SiLU(z).  Their inputs, x and z, are
+        # views of the in_proj output, which stays alive anyway; the cost is a depthwise conv and a
+        # few elementwise passes per block.  Measured by benchmarks/saved_activations.py.
+        x = recompute_in_backward(self._conv_silu, x.permute(0, 3, 1, 2))  # (B, D, H, W)
         x = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, D) channel-last for the scan
         y = ss2d_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
                       backend=self.scan_backend)
-        y = self.out_norm(y.to(z.dtype)) * F.silu(z)
-        return self.out_proj(y)
+        return self.out_proj(recompute_in_backward(self._gate, y.to(z.dtype), z))
+
+    def _conv_silu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.conv2d(x))
+
+    def _gate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(y) * F.silu(z)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, " \

@@ -1,0 +1,80 @@
+"""Recomputed regions (layers/recompute.py): the VSS block keeps less for its backward and its
+gradients do not change.  The bytes are counted with utils/saved_tensors.py, which
+benchmarks/saved_activations.py uses for the full network."""
+import pytest
+import torch
+
+from ssl_mamba.layers import recompute as recompute_module
+from ssl_mamba.layers import ss2d as ss2d_module
+from ssl_mamba.layers.ss2d import VSSBlock
+from ssl_mamba.utils.saved_tensors import SavedTensorTally
+
+B, H, W, C = 2, 6, 5, 8  # d_inner D = 2C
+
+
+def _block(seed=0):
+    torch.manual_seed(seed)
+    return VSSBlock(C, scan_backend="torch").train()
+
+
+def _without_recompute(monkeypatch):
+    monkeypatch.setattr(ss2d_module, "recompute_in_backward", lambda fn, *args: fn(*args))
+
+
+def _saved_bytes(block, x, autocast: bool) -> int:
+    tally = SavedTensorTally(block)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return block(x)
+
+    out = tally.run(step)  # the graph, and with it what it saved, lives as long as out
+    assert out.requires_grad
+    return tally.total_bytes
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_vss_block_saves_three_fewer_activations(monkeypatch, autocast):
+    x = torch.randn(B, H, W, C, requires_grad=True)
+    with_recompute = _saved_bytes(_block(), x, autocast)
+    _without_recompute(monkeypatch)
+    without = _saved_bytes(_block(), x, autocast)
+    elt = 2 if autocast else 4
+    # the conv output (SiLU's input), the gate's norm output and SiLU(z): (B, H, W, 2C) each
+    assert without - with_recompute >= 3 * B * H * W * 2 * C * elt
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_recomputed_block_has_the_same_gradients(monkeypatch, autocast):
+    x = torch.randn(B, H, W, C)
+
+    def grads(block):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(xi)
+        out.float().square().sum().backward()
+        return out.detach(), xi.grad, {n: p.grad for n, p in block.named_parameters()}
+
+    out_r, gx_r, gp_r = grads(_block())
+    _without_recompute(monkeypatch)
+    out_p, gx_p, gp_p = grads(_block())
+    torch.testing.assert_close(out_r, out_p, rtol=0, atol=0)
+    torch.testing.assert_close(gx_r, gx_p, rtol=0, atol=0)
+    for name, g in gp_p.items():
+        torch.testing.assert_close(gp_r[name], g, rtol=0, atol=0, msg=name)
+
+
+def test_recompute_is_a_plain_call_without_autograd():
+    calls = []
+
+    def region(t):
+        calls.append(torch.is_grad_enabled())
+        return (t * 3).sin()  # saves t * 3, which the backward has to rebuild
+
+    x = torch.randn(3, requires_grad=True)
+    with torch.no_grad():
+        recompute_module.recompute_in_backward(region, x)
+    assert calls == [False]
+    recompute_module.recompute_in_backward(region, x).sum().backward()
+    assert calls == [False, True, True]  # forward, then the backward's recomputation
+    torch.testing.assert_close(x.grad, 3 * torch.cos(3 * x.detach()))
