@@ -104,9 +104,8 @@ class EvalConfig:
     # volumes are validated again and again.  CUDA only (elsewhere the run stops with an error).
     cuda_graphs: bool = False
     # CUDA only: torch.compile the eval-mode forward of the validated networks' VSS blocks and patch
-    # layers (models/compile.py; dynamic batch size), for validation during training.  Not yet timed
-    # on a GPU in this form (a static-shape compiled eval forward measured 3.0x the original's b24
-    # inference with CUDA graphs; benchmarks/RESULTS.md).  Combine with eval.cuda_graphs.
+    # layers (models/compile.py; dynamic batch size), for validation during training.  With
+    # eval.cuda_graphs: 3.1x the original's b24 inference on an H100 (benchmarks/RESULTS.md).
     compile: bool = False
 
 

@@ -91,7 +91,9 @@ K_DIRECTIONS = 4
 #   that per-channel gradient to a (B*L, 4, D) buffer in the input dtype and gets d dt_raw and
 #   d dt_proj from two batched GEMMs after the kernel.  Counted offline in the stage-4 backward's
 #   sm_90 SASS (R = 48; benchmarks/sass_bwd_offline.py): 713 spill instructions and 960 shuffles by
-#   default, 0 and 320 with dt_gemm; see NOTES-gpu.md (fifth session).  Not yet timed on a GPU.
+#   default, 0 and 320 with dt_gemm; see NOTES-gpu.md (fifth session).  Timed on an H100 (triton
+#   3.6, sixth session): slower, forward + backward of the first-stage op 9.20 vs 6.64 ms, the b24
+#   bf16 step 95.2 vs 90.7 ms, so it stays off.
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
            "target_programs": 4096, "dt_gemm": 0}
