@@ -43,16 +43,16 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # The shipped default first, as the control of the sweep; the model runs use the sweep's fastest
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
-               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=4096, dt_gemm=False)
+               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=4096)
 # The persistent backward (train.low_memory_scan) against one program per work item (NOTES-gpu.md,
 # fourth session); the model runs time both as well (model_b24_ours_bf16_lowmem).
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
-         dict(DEFAULT, dt_gemm=True),  # the dt projection's backward as GEMMs (fifth session, untimed)
          dict(DEFAULT, bwd_programs=-1)]
 
 
-# Seconds the compile phases leave for the phases after them (the baseline first): ~10 phases of ~20 s.
-AFTER_COMPILE_S = 200
+# Seconds the compile phases leave for the phases after them (the baseline first): in v14 the ten
+# phases after the compile ones took 91 s.
+AFTER_COMPILE_S = 120
 
 
 def time_left() -> float:
@@ -62,8 +62,7 @@ def time_left() -> float:
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
             f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}"
-            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}"
-            f"_dg{int(cfg['dt_gemm'])}")
+            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}")
 
 
 def save(out_dir: Path) -> None:
@@ -520,7 +519,6 @@ def main() -> None:
     RESULTS["versions"] = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
     set_block_config(**DEFAULT)
     phase("correctness", check_correctness, out_dir)
-    phase("correctness_dt_gemm", lambda: with_config(check_correctness, dt_gemm=True), out_dir)
     shape = (24, 56, 56, 192, 16, 6)
     ins = scan_inputs(*shape)
     gy = torch.randn(*shape[:4], device="cuda")
@@ -554,9 +552,6 @@ def main() -> None:
             phase("model_b24_ours_bf16_graphs_tp8192",  # more segments (more programs, more pre-pass)
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
                                       graphs=True), out_dir, need)
-            phase("model_b24_ours_bf16_dtgemm",  # its peak: the ddr buffer against the smaller d x_dbl partials
-                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], dt_gemm=True)),
-                  out_dir, need)
             phase("model_b24_ours_bf16_tp8192",  # its plain (ungraphed) peak: can 8192 be the default?
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192)),
                   out_dir, need)
@@ -587,20 +582,16 @@ def compile_phases(out_dir: Path) -> None:
     def compiled_phase(key, need_s, **kw):
         phase(key, lambda: model_bench("triton", True, 24, compiled=True, **kw), out_dir, need_s + AFTER_COMPILE_S)
 
-    compiled_phase("model_b24_ours_bf16_compile_graphs", 60, graphs=True)
-    compiled_phase("model_b24_ours_bf16_compile_graphs_dtgemm", 60, graphs=True,
-                   cfg=dict(RESULTS["tile_config"], dt_gemm=True))
-    compiled_phase("model_b24_ours_bf16_compile_graphs_dtgemm_tp8192", 60, graphs=True,  # both faster settings
-                   cfg=dict(RESULTS["tile_config"], dt_gemm=True, target_programs=8192))
-    compiled_phase("model_b24_ours_bf16_compile_graphs_evalcompile", 90, graphs=True,  # inference: eval.compile
-                   eval_compiled=True)
-    compiled_phase("model_b24_ours_bf16_compile_graphs_tp8192", 60, graphs=True,
+    compiled_phase("model_b24_ours_bf16_compile_graphs", 150, graphs=True)  # the first compile: ~110-120 s
+    compiled_phase("model_b24_ours_bf16_compile_graphs_tp8192", 40, graphs=True,
                    cfg=dict(RESULTS["tile_config"], target_programs=8192))
-    compiled_phase("model_b24_ours_bf16_compile", 150)  # without graphs: slower than eager (host-bound)
+    compiled_phase("model_b24_ours_bf16_compile_graphs_evalcompile", 130, graphs=True,  # inference: eval.compile
+                   eval_compiled=True)
     phase("model_b16_ours_bf16_compile_graphs",
           lambda: model_bench("triton", True, 16, compiled=True, graphs=True), out_dir, 60 + AFTER_COMPILE_S)
     phase("cross_teaching_b16_ours_bf16_compile_graphs",
           lambda: method_step_bench(bf16=True, graphs=True, compiled=True), out_dir, 60 + AFTER_COMPILE_S)
+    compiled_phase("model_b24_ours_bf16_compile", 150)  # without graphs: slower than eager (host-bound)
 
 
 def summarize(shape, out_dir: Path) -> None:
@@ -627,9 +618,8 @@ def summarize(shape, out_dir: Path) -> None:
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_compile_graphs_dtgemm",
-                  "ours_bf16_compile_graphs_dtgemm_tp8192", "ours_bf16_tp8192",
-                  "ours_bf16_compile_graphs_evalcompile", "ours_bf16_dtgemm", "ours_bf16_lowmem", "ours_fp32_graphs",
+                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192",
+                  "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
             if not isinstance(m, dict) or "train_ms" not in m:

@@ -69,8 +69,9 @@ K_DIRECTIONS = 4
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at target_programs).
 # target_programs: programs per launch the automatic segment count aims at (4096: ~8 one-warp
 #   programs per scheduler on a 132-SM H100/H200).  Each segment but the last costs a pre-pass over
-#   its steps.  Measured at the model level (H200, b24 bf16 + graphs, benchmarks/RESULTS.md): 2048
-#   slower (64.4 vs 60.1 ms), 8192 faster (59.3 vs 60.3) but reserving ~12 GiB instead of ~5.5.
+#   its steps.  Measured at the model level (b24 bf16 + graphs, benchmarks/RESULTS.md): 2048 slower
+#   (H200: 64.4 vs 60.1 ms), 8192 faster (H200: 59.3 vs 60.3; H100 with compile: 57.2 vs 58.3) but
+#   reserving more (H100 plain bf16: 8.1 instead of 5.7 GiB before SS2D's recompute).
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
 #   projection as (T, channels) tiles); 4 was the fastest of 2 / 4 / 8 in the H200 sweep of v7
 #   (benchmarks/NOTES-gpu.md), though by less than the run-to-run spread.
@@ -86,17 +87,11 @@ K_DIRECTIONS = 4
 #   training peak fell from 4.32 to 3.99 GiB, but the backward kernel took ~30.5 instead of ~25-27
 #   ms per step (H200, benchmarks/RESULTS.md), so it is the memory saver, not the default
 #   (`train.low_memory_scan`).
-# dt_gemm: 0 (default): the backward reduces d(dt_raw @ dt_proj) over the channels in the kernel (R
-#   warp-shuffle sums per step) and accumulates d dt_proj in registers (R per thread); 1: it writes
-#   that per-channel gradient to a (B*L, 4, D) buffer in the input dtype and gets d dt_raw and
-#   d dt_proj from two batched GEMMs after the kernel.  Counted offline in the stage-4 backward's
-#   sm_90 SASS (R = 48; benchmarks/sass_bwd_offline.py): 713 spill instructions and 960 shuffles by
-#   default, 0 and 320 with dt_gemm; see NOTES-gpu.md (fifth session).  Timed on an H100 (triton
-#   3.6, sixth session): slower, forward + backward of the first-stage op 9.20 vs 6.64 ms, the b24
-#   bf16 step 95.2 vs 90.7 ms, so it stays off.
+# (A variant that took the dt projection's backward out of the kernel into two GEMMs, dt_gemm, was
+#   measured 45% slower in the backward on an H100 and removed; it is commit 8b8c58b.)
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
-           "target_programs": 4096, "dt_gemm": 0}
+           "target_programs": 4096}
 _BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
 
 
@@ -105,12 +100,9 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
                      segments: Optional[int] = None, vector_steps: Optional[int] = None,
                      bwd_block_d: Optional[int] = None, bwd_maxnreg: Optional[int] = None,
-                     bwd_programs: Optional[int] = None, target_programs: Optional[int] = None,
-                     dt_gemm: Optional[bool] = None) -> dict:
+                     bwd_programs: Optional[int] = None, target_programs: Optional[int] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
-    if dt_gemm is not None:
-        _CONFIG["dt_gemm"] = int(bool(dt_gemm))
     if bwd_block_d is not None:
         if bwd_block_d < 0 or bwd_block_d & (bwd_block_d - 1):
             raise UserError(f"triton_ss2d: bwd_block_d={bwd_block_d} must be 0 (same as block_d) or a power of two")
@@ -367,15 +359,12 @@ if triton is not None:
         tl.store(dsum_ptr + seg * D + offs_d, dsum, mask=mask_d)
 
     @triton.jit
-    def _adjoint_step(x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, ddr_ptr, q, dA_acc, dD_acc, dbias_acc,
+    def _adjoint_step(x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                       ddtw_acc, A2, dtw, dskip, bias, b, k, t, j, valid, pid_d, NPOS, D, R, offs_d, mask_d,
                       offs_n, mask_n, offs_r, mask_r, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, ATOMIC: tl.constexpr,
-                      DT_GEMM: tl.constexpr):
+                      H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, ATOMIC: tl.constexpr):
         """Backward pass 2: one step of the reverse walk.  q carries exp(delta_{t+1} A) g_{t+1}, so
-        g_t = q + C_t dy_t and the next q is exp(delta_t A) g_t (an identity on invalid steps).
-        DT_GEMM: write d(dt_raw @ dt_proj) per channel to ddr instead of reducing it over the
-        channels here (d dt_raw and d dt_proj then come from two GEMMs after the kernel)."""
+        g_t = q + C_t dy_t and the next q is exp(delta_t A) g_t (an identity on invalid steps)."""
         p, u, xr, Bt, Ct, dr, delta = _step_inputs(x_ptr, xdbl_ptr, dtw, bias, b, k, t, valid, D, R,
                                                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, H, W, N)
         m_d = _and(mask_d, valid)
@@ -390,29 +379,23 @@ if triton is not None:
         dA_acc += gah * delta[None, :]
         dD_acc += gy * u
         dbias_acc += ddr
+        ddtw_acc += xr[:, None] * ddr[None, :]
         q = tl.exp2(delta[None, :] * A2) * g
         _merge_out(dx_ptr, gB * delta + dskip * gy, p, k, D, offs_d, m_d, ATOMIC)
-        # This channel block's share of d x_dbl (sums over the channels), layout (n_dblocks, B*L, 4, R+2N);
-        # with DT_GEMM only its B and C columns, (n_dblocks, B*L, 4, 2N).
-        if DT_GEMM:
-            tl.store(ddr_ptr + (p * 4 + k) * D + offs_d, ddr, mask=m_d)
-            bc_part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (2 * N)
-        else:
-            part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (R + 2 * N)
-            ddtw_acc += xr[:, None] * ddr[None, :]
-            tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
-            bc_part = part + R
-        tl.store(bc_part + offs_n, tl.sum(g * du[None, :], axis=1), mask=_and(mask_n, valid))
-        tl.store(bc_part + N + offs_n, tl.sum(h * gy[None, :], axis=1), mask=_and(mask_n, valid))
+        # This channel block's share of d x_dbl (sums over the channels), layout (n_dblocks, B*L, 4, R+2N).
+        part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (R + 2 * N)
+        tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
+        tl.store(part + R + offs_n, tl.sum(g * du[None, :], axis=1), mask=_and(mask_n, valid))
+        tl.store(part + R + N + offs_n, tl.sum(h * gy[None, :], axis=1), mask=_and(mask_n, valid))
         return q, dA_acc, dD_acc, dbias_acc, ddtw_acc
 
     @triton.jit
     def _ss2d_bwd_kernel(x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr_ptr,
-                         dx_ptr, dpart_ptr, ddr_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS, NBK,
+                         dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS, NBK,
                          H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, CHUNK: tl.constexpr,
                          SEG: tl.constexpr, STAGES: tl.constexpr, T: tl.constexpr, ATOMIC: tl.constexpr,
-                         PERSISTENT: tl.constexpr, DT_GEMM: tl.constexpr):
+                         PERSISTENT: tl.constexpr):
         """One program per work item (batch * 4 + direction, channel block, segment) on a (B*4,
         blocks, segments) grid, or PERSISTENT: a 1-D grid whose programs take the items in turn, so
         that the recompute scratch is needed per program rather than per item (less memory)."""
@@ -426,24 +409,23 @@ if triton is not None:
             scr = scr_ptr + tl.program_id(0) * CHUNK * BLOCK_N * BLOCK_D + tile
             for item in range(tl.program_id(0), NBK * ndb * NSEG, tl.num_programs(0)):
                 _bwd_item(item // (ndb * NSEG), item // NSEG % ndb, item % NSEG, x_ptr, xdbl_ptr, a_ptr, dtw_ptr,
-                          ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, ddr_ptr, da_ptr,
-                          ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG,
-                          STAGES, T, ATOMIC, DT_GEMM)
+                          ds_ptr, bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr,
+                          dds_ptr, dbias_ptr, D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T,
+                          ATOMIC)
         else:
             prog = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + \
                 tl.program_id(2)
             scr = scr_ptr + prog * CHUNK * BLOCK_N * BLOCK_D + tile
             _bwd_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr,
-                      bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, ddr_ptr, da_ptr, ddtw_ptr, dds_ptr,
-                      dbias_ptr, D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T, ATOMIC,
-                      DT_GEMM)
+                      bias_ptr, hs_ptr, gy_ptr, qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr,
+                      D, R, NPOS, H, W, N, BLOCK_D, BLOCK_N, BLOCK_R, CHUNK, SEG, STAGES, T, ATOMIC)
 
     @triton.jit
     def _bwd_item(pid_bk, pid_d, pid_seg, x_ptr, xdbl_ptr, a_ptr, dtw_ptr, ds_ptr, bias_ptr, hs_ptr, gy_ptr,
-                  qin_ptr, scr, dx_ptr, dpart_ptr, ddr_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
+                  qin_ptr, scr, dx_ptr, dpart_ptr, da_ptr, ddtw_ptr, dds_ptr, dbias_ptr, D, R, NPOS,
                   H: tl.constexpr, W: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_R: tl.constexpr, CHUNK: tl.constexpr, SEG: tl.constexpr, STAGES: tl.constexpr,
-                  T: tl.constexpr, ATOMIC: tl.constexpr, DT_GEMM: tl.constexpr):
+                  T: tl.constexpr, ATOMIC: tl.constexpr):
         """The backward of one segment of one (batch, direction, channel block), its chunks in reverse,
         from the decayed adjoint entering at its end (qin, from the adjoint pre-pass; zero for the
         last segment)."""
@@ -484,18 +466,17 @@ if triton is not None:
             for jr in tl.range(0, n_t, 2, num_stages=STAGES):
                 j = n_t - 1 - jr
                 q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
-                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, ddr_ptr, q, dA_acc, dD_acc, dbias_acc,
+                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                     ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j, j, j >= 0, pid_d, NPOS, D, R, offs_d,
-                    mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC, DT_GEMM)
+                    mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC)
                 q, dA_acc, dD_acc, dbias_acc, ddtw_acc = _adjoint_step(
-                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, ddr_ptr, q, dA_acc, dD_acc, dbias_acc,
+                    x_ptr, xdbl_ptr, gy_ptr, scr, dx_ptr, dpart_ptr, q, dA_acc, dD_acc, dbias_acc,
                     ddtw_acc, A2, dtw, dskip, bias, b, k, t0 + j - 1, j - 1, j >= 1, pid_d, NPOS, D, R,
-                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC, DT_GEMM)
+                    offs_d, mask_d, offs_n, mask_n, offs_r, mask_r, BLOCK_N, BLOCK_D, H, W, N, ATOMIC)
             tl.debug_barrier()  # the next chunk's pass 1 overwrites the scratch
         tl.atomic_add(da_ptr + (k * N + offs_n[:, None]) * D + offs_d[None, :], dA_acc, mask=mask_nd)
-        if not DT_GEMM:
-            tl.atomic_add(ddtw_ptr + (k * R + offs_r[:, None]) * D + offs_d[None, :], ddtw_acc,
-                          mask=mask_r[:, None] & mask_d[None, :])
+        tl.atomic_add(ddtw_ptr + (k * R + offs_r[:, None]) * D + offs_d[None, :], ddtw_acc,
+                      mask=mask_r[:, None] & mask_d[None, :])
         tl.atomic_add(dds_ptr + k * D + offs_d, dD_acc, mask=mask_d)
         tl.atomic_add(dbias_ptr + k * D + offs_d, dbias_acc, mask=mask_d)
 
@@ -536,7 +517,7 @@ def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
                 atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles,
                 fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"],
                 bwd_items=(b * K_DIRECTIONS, triton.cdiv(d, bwd_block_d), n_seg),
-                bwd_programs=_CONFIG["bwd_programs"], dt_gemm=bool(_CONFIG["dt_gemm"]),
+                bwd_programs=_CONFIG["bwd_programs"],
                 bwd_tiles=dict(tiles, BLOCK_D=bwd_block_d), bwd_options=bwd_options)
 
 
@@ -635,35 +616,15 @@ class _SS2DScanFn(torch.autograd.Function):
         q_in = _entering_values(plan, args, gy, reverse=True, num_warps=plan["bwd_warps"])
         dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
         # d x_dbl as one partial per channel block (each element written once), summed below.
-        dpart = torch.empty(items[1], b * h * w, K_DIRECTIONS, (0 if plan["dt_gemm"] else r) + 2 * n, **f32)
+        dpart = torch.empty(items[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
         scratch = torch.empty(programs, plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"], **f32)
         dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in args[2:])
-        # d(dt_raw @ dt_proj) per channel, for the two GEMMs below (dt_gemm); else a dummy pointer
-        ddr = torch.empty(b * h * w, K_DIRECTIONS, d, device=x.device, dtype=x_in.dtype) if plan["dt_gemm"] else dx
         grid = (programs,) if persistent else items
-        _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, ddr, dA, ddtw, dds, dbias, d, r, b * h * w,
+        _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r, b * h * w,
                                items[0], CHUNK=plan["chunk"], ATOMIC=atomic, PERSISTENT=persistent,
-                               DT_GEMM=plan["dt_gemm"], **plan["bwd_options"], **tiles)
-        dx_dbl = dpart.sum(0) if items[1] > 1 else dpart[0]
-        if plan["dt_gemm"]:
-            d_dt_raw, ddtw = _dt_projection_grads(ddr, x_dbl_in, dtw_t)
-            dx_dbl = torch.cat([d_dt_raw, dx_dbl], dim=-1)
-        dx_dbl = dx_dbl.view(x_dbl.shape)
+                               **plan["bwd_options"], **tiles)
+        dx_dbl = dpart.sum(0).view(x_dbl.shape) if items[1] > 1 else dpart.view(x_dbl.shape)
         return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
-
-
-def _dt_projection_grads(ddr: torch.Tensor, x_dbl: torch.Tensor, dtw_t: torch.Tensor):
-    """dt_gemm's two batched GEMMs over the positions P = B*L, one batch per direction k, from
-    ddr (P, 4, D) and the op's saved x_dbl (its own dtype, not the widened copy):
-    d dt_raw[p, k] = ddr[p, k] @ dt_proj[k], returned (P, 4, R) fp32, and
-    d dt_proj[k] = dt_raw[:, k]^T @ ddr[:, k], returned (4, R, D) fp32.  In ddr's dtype (bf16 under
-    autocast, like the model's other GEMMs; TF32 where the caller allows it)."""
-    r = dtw_t.shape[1]
-    positions = ddr.shape[0]
-    per_k = ddr.transpose(0, 1)  # (4, P, D)
-    dt_raw = x_dbl.reshape(positions, K_DIRECTIONS, -1)[..., :r].transpose(0, 1).to(ddr.dtype)  # (4, P, R)
-    d_dt_raw = torch.bmm(per_k, dtw_t.transpose(1, 2).to(ddr.dtype))  # (4, P, R)
-    return d_dt_raw.transpose(0, 1).float(), torch.bmm(dt_raw.transpose(1, 2), per_k).float()
 
 
 def _check_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
