@@ -1,7 +1,7 @@
 """Recompute a cheap, activation-heavy piece of a network in the backward instead of saving it.
 
 For a few regions the tensors autograd would keep are large while the work to rebuild them is
-small (a LayerNorm, an elementwise gate, a 1x1 convolution): there keeping only the region's
+small (a LayerNorm, an elementwise gate, a depthwise convolution): there keeping only the region's
 inputs and running it again during the backward lowers the training step's peak memory for a
 fraction of a millisecond.  `benchmarks/saved_activations.py` counts what each region saves.
 """

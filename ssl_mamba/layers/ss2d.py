@@ -86,7 +86,8 @@ class SS2D(nn.Module):
         # or two (B, H, W, D) tensors per block alive until the backward reaches it): the conv's
         # output (SiLU's input) and the gate's norm output and SiLU(z).  Their inputs, x and z, are
         # views of the in_proj output, which stays alive anyway; the cost is a depthwise conv and a
-        # few elementwise passes per block.  Measured by benchmarks/saved_activations.py.
+        # few elementwise passes per block.  Mamba-UNet at b24 bf16: 605 MiB fewer saved bytes
+        # (benchmarks/saved_activations.py), training peak 4.23 -> 3.36 GiB on an H100.
         x = recompute_in_backward(self._conv_silu, x.permute(0, 3, 1, 2))  # (B, D, H, W)
         x = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, D) channel-last for the scan
         y = ss2d_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,

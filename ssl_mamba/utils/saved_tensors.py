@@ -45,9 +45,9 @@ class SavedTensorTally:
                 h.remove()
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        # The graph holds what pack returns, so the weak reference dies with the saving node: a
-        # tensor saved by a branch that was dropped during the forward frees its memory, which a
-        # later tensor may reuse at the same address.
+        # The graph holds what pack returns, so the weak reference lives at least as long as the
+        # saving node: a tensor saved by a branch dropped during the forward frees its memory, which
+        # a later tensor may reuse at the same address, and must not hide that tensor.
         ptr = t.untyped_storage().data_ptr()
         held = self._held.get(ptr)
         if ptr not in self._params and (held is None or held() is None):
