@@ -47,25 +47,34 @@ def stand_in_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     return _TritonSavedSet.apply(x, x_dbl, A_logs.shape[1]).to(x.dtype)
 
 
+def count_saved(batch: int = 2, size: int = 224, bf16: bool = True):
+    """The full-width Mamba-UNet's forward + loss with the stand-in scan; returns (tally, loss):
+    keep the loss alive while reading the tally (the graph holds what it counts)."""
+    torch.manual_seed(0)
+    real_scan = ss2d_layer.ss2d_scan
+    ss2d_layer.ss2d_scan = stand_in_scan
+    try:
+        net = create_model("mamba_unet", scan_backend="torch").train()
+        img = torch.randn(batch, 1, size, size)
+        label = torch.randint(0, 4, (batch, size, size))
+        tally = SavedTensorTally(net)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return F.cross_entropy(net(img).float(), label)
+
+        return tally, tally.run(step)
+    finally:
+        ss2d_layer.ss2d_scan = real_scan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=2, help="counted batch (scaled to 24 in the table)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--fp32", action="store_true", help="no autocast")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    ss2d_layer.ss2d_scan = stand_in_scan
-    net = create_model("mamba_unet", scan_backend="torch").train()
-    img = torch.randn(args.batch, 1, args.size, args.size)
-    label = torch.randint(0, 4, (args.batch, args.size, args.size))
-    tally = SavedTensorTally(net)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
-            out = net(img)
-            return F.cross_entropy(out.float(), label)
-
-    loss = tally.run(step)
+    tally, loss = count_saved(args.batch, args.size, bf16=not args.fp32)
     scale = 24 / args.batch
     print(f"saved for backward, Mamba-UNet {args.size}x{args.size}, {'fp32' if args.fp32 else 'bf16 autocast'}, "
           f"scaled to batch 24 (counted at {args.batch}):")
