@@ -253,11 +253,17 @@ def kernel_bench(ins, gy) -> dict:
     return {"fwd_ms": median(cuda_time(fwd, 3, 20)), "fwd_bwd_ms": median(cuda_time(fwd_bwd, 3, 20))}
 
 
-def profile_step(bf16: bool, batch: int = 24, top: int = 25) -> dict:
+def profile_step(bf16: bool, batch: int = 24, top: int = 25, graphs: bool = False, compiled: bool = False,
+                 cfg: dict = None) -> dict:
     """Where a Mamba-UNet train step's GPU time goes (ours): torch.profiler over 3 steps, the top
-    kernels by total CUDA time, names shortened."""
+    kernels by total CUDA time, names shortened.  With `graphs` the kernels run inside CUDA graph
+    replays, which CUPTI still reports one by one (a total near zero would say it did not)."""
+    return with_config(lambda: _profile_step(bf16, batch, top, graphs, compiled), **(cfg or {}))
+
+
+def _profile_step(bf16: bool, batch: int, top: int, graphs: bool, compiled: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
-    net, _, step = mamba_unet_training("triton", bf16, batch)
+    net, _, step = mamba_unet_training("triton", bf16, batch, graphs=graphs, compiled=compiled)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -591,6 +597,11 @@ def compile_phases(out_dir: Path) -> None:
           lambda: model_bench("triton", True, 16, compiled=True, graphs=True), out_dir, 60 + AFTER_COMPILE_S)
     phase("cross_teaching_b16_ours_bf16_compile_graphs",
           lambda: method_step_bench(bf16=True, graphs=True, compiled=True), out_dir, 60 + AFTER_COMPILE_S)
+    phase("profile_b24_ours_bf16_compile_graphs",  # where the fastest step's kernel time goes
+          lambda: profile_step(True, graphs=True, compiled=True, top=40), out_dir, 60 + AFTER_COMPILE_S)
+    phase("profile_b24_ours_bf16_compile_graphs_tp8192",
+          lambda: profile_step(True, graphs=True, compiled=True, top=40,
+                               cfg=dict(RESULTS["tile_config"], target_programs=8192)), out_dir, 60 + AFTER_COMPILE_S)
     compiled_phase("model_b24_ours_bf16_compile", 150)  # without graphs: slower than eager (host-bound)
 
 
@@ -647,11 +658,12 @@ def summarize(shape, out_dir: Path) -> None:
     for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
     print("correctness", json.dumps(r.get("correctness"))[:600])
-    for key in ("profile_b24_ours_fp32", "profile_b24_ours_bf16"):
+    for key in ("profile_b24_ours_fp32", "profile_b24_ours_bf16", "profile_b24_ours_bf16_compile_graphs",
+                "profile_b24_ours_bf16_compile_graphs_tp8192"):
         prof = r.get(key, {})
         if "top" in prof:
             print(f"{key}: {prof['total_ms_per_step']} ms of kernels per step")
-            for row in prof["top"][:18]:
+            for row in prof["top"][:40 if "compile" in key else 18]:
                 print(f"  {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<4d} {row['kernel'][:80]}")
 
 
