@@ -349,6 +349,10 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     ss2d_mod.ss2d_scan = lambda *a, backend=None: scan(*a)
     torch.manual_seed(0)
     net = create_model("mamba_unet", num_classes=4).cuda()
+    if backend == "mamba_ssm":  # the baseline is the original path: SS2D saves its regions' insides
+        for module in net.modules():
+            if hasattr(module, "recompute"):
+                module.recompute = False
     if compiled or eval_compiled:
         from ssl_mamba.models.compile import compile_blocks
         compile_blocks(net, train=compiled, eval=eval_compiled)  # as train.compile / eval.compile do
@@ -374,6 +378,9 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
 def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool, compiled: bool,
                  eval_compiled: bool = False) -> dict:
     t0 = time.time()
+    # what earlier phases left allocated (run v16: ~0.6 GiB after the compile phases) is not this
+    # phase's: `peak_own_gib` subtracts it, and the ratios use it
+    start = torch.cuda.memory_allocated()
     net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled, eval_compiled)
     step()  # the first call compiles when `compiled`; timed separately
     torch.cuda.synchronize()
@@ -409,6 +416,7 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool,
     del net, step, eval_graphs
     torch.cuda.empty_cache()
     return {"train_ms": ms, "train_img_s": batch * 1000 / ms, "peak_gib": peak, "peak_reserved_gib": peak_reserved,
+            "allocated_at_start_gib": start / 1024 ** 3, "peak_own_gib": peak - start / 1024 ** 3,
             "first_step_s": first_s, "infer_img_s": batch * 1000 / inf_ms, "infer_b1_img_s": 1000 / inf1_ms, **graphed,
             "loss_finite": bool(torch.isfinite(torch.tensor(loss)))}
 
@@ -616,13 +624,15 @@ def summarize(shape, out_dir: Path) -> None:
     r["ours_bf16_graphs_peak_gib"] = get("model_b24_ours_bf16_graphs", "peak_gib")
     r["baseline_peak_gib"] = get("model_b24_baseline_fp32", "peak_gib")
     r["ours_bf16_peak_gib"] = get("model_b24_ours_bf16", "peak_gib")
+    r["baseline_peak_own_gib"] = get("model_b24_baseline_fp32", "peak_own_gib")
+    r["ours_bf16_peak_own_gib"] = get("model_b24_ours_bf16", "peak_own_gib")
     for elt, key in ((4, "op_triton_fp32"), (2, "op_triton_bf16")):
         if get(key, "fwd_ms"):
             r[key]["fwd_floor_gb"] = op_floor_bytes(*shape, elt) / 1e9
             r[key]["fwd_gbps"] = op_floor_bytes(*shape, elt) / get(key, "fwd_ms") / 1e6
     save(out_dir)
     print(f"\ncard {r['card']}  commit {r['commit']}  copy {r.get('copy_gbps')} GB/s  tiles {r.get('tile_config')}")
-    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'reserved':>9s} "
+    print(f"{'config':34s} {'train ms':>9s} {'img/s':>8s} {'x base':>7s} {'peak GiB':>9s} {'own GiB':>8s} {'reserved':>9s} "
           f"{'infer img/s':>11s} {'x base':>7s} {'b1 img/s':>9s} {'x base':>7s} {'graphed infer':>13s} {'x base':>7s} "
           f"{'graphed b1':>10s} {'x base':>7s}")
     for batch in (24, 16):
@@ -641,6 +651,7 @@ def summarize(shape, out_dir: Path) -> None:
             ir = m["infer_img_s"] / base["infer_img_s"] if "infer_img_s" in base else float("nan")
             i1 = m["infer_b1_img_s"] / base["infer_b1_img_s"] if "infer_b1_img_s" in base else float("nan")
             print(f"b{batch} {v:30s} {m['train_ms']:9.1f} {m['train_img_s']:8.1f} {tr:7.2f} {m['peak_gib']:9.2f} "
+                  f"{m.get('peak_own_gib', float('nan')):8.2f} "
                   f"{m.get('peak_reserved_gib', float('nan')):9.2f} "
                   f"{m['infer_img_s']:11.1f} {ir:7.2f} {m['infer_b1_img_s']:9.1f} {i1:7.2f} "
                   f"{m.get('infer_graphs_img_s', float('nan')):13.1f} "
