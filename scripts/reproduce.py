@@ -19,6 +19,7 @@ alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).
 import argparse
 import concurrent.futures
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -35,7 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SEGMENTS = "segments.jsonl"  # one line per training invocation of a run (record_segment)
-LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", "metrics.jsonl", SEGMENTS]
+LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", SEGMENTS]
+# Published gzipped: a 30,000-iteration row's log of every step is ~7 MB as text, ~1.3 MB gzipped,
+# and the committed results travel with every device call (64 MiB in all).
+METRICS, METRICS_GZ = "metrics.jsonl", "metrics.jsonl.gz"
 # The code a run executes: what `source_sha256` in provenance.json fingerprints.
 SOURCE_GLOBS = ["ssl_mamba/**/*.py", "methods/**/*.py", "configs/**/*.yaml", "scripts/*.py", "setup.py"]
 BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:end -->"
@@ -205,7 +209,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
     concurrent_rows: how many rows trained at once on the card (`--jobs`); above 1 the wall time
     and img/s are those of a shared GPU, and the table says so."""
     from ssl_mamba.config import load_config
-    from ssl_mamba.utils.io import atomic_write_json
+    from ssl_mamba.utils.io import atomic_write_bytes, atomic_write_json
 
     cfg = load_config(run_dir / "config.yaml")
     dest = results / run_dir.name
@@ -213,6 +217,9 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
     for name in LIGHT_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
+    if (run_dir / METRICS).is_file():
+        atomic_write_bytes(dest / METRICS_GZ, gzip.compress((run_dir / METRICS).read_bytes(), mtime=0))
+        (dest / METRICS).unlink(missing_ok=True)  # an earlier publication's plain copy
     shutil.copytree(run_dir / "metrics", dest / "metrics", dirs_exist_ok=True)
     for png in (run_dir / "figures").rglob("*.png"):
         target = dest / "figures" / png.relative_to(run_dir / "figures")

@@ -166,3 +166,27 @@ def test_a_stop_request_reaches_running_rows_and_starts_no_more(reproduce, tmp_p
             reproduce.run_child([sys.executable, "-c", "pass"], subprocess.DEVNULL, None)
     finally:
         reproduce._STOP.clear()
+
+
+def test_published_metrics_are_gzipped_and_still_drawn(reproduce, tmp_path, monkeypatch):
+    """A row's per-step log goes into results/ gzipped (a 30k-iteration row's is ~7 MB as text), replaces a
+    plain copy left by an earlier publication, and the training-curve reader takes either form."""
+    import gzip
+
+    from ssl_mamba.metrics.figures import read_scalars
+
+    run_dir = tmp_path / "runs" / "acdc_fully_unet"
+    shutil.copytree(REPO / "results" / "acdc_fully_unet", run_dir)
+    text = gzip.decompress((run_dir / reproduce.METRICS_GZ).read_bytes()).decode()
+    (run_dir / reproduce.METRICS_GZ).unlink()
+    (run_dir / reproduce.METRICS).write_text(text)
+    dest = tmp_path / "results" / "acdc_fully_unet"
+    dest.mkdir(parents=True)
+    (dest / reproduce.METRICS).write_text("stale\n")
+    monkeypatch.setattr(reproduce, "pack_dtype", lambda root: "uint8")
+    reproduce.publish(run_dir, tmp_path / "results", "abc", 10000, "3" * 64)
+    assert not (dest / reproduce.METRICS).exists()
+    assert gzip.decompress((dest / reproduce.METRICS_GZ).read_bytes()).decode() == text
+    from_plain, from_gz = read_scalars(run_dir), read_scalars(dest)
+    assert from_plain.keys() == from_gz.keys() and len(from_gz["loss/seg"][0]) == 10000
+    assert from_plain["loss/seg"][1] == from_gz["loss/seg"][1]

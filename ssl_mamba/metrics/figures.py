@@ -7,6 +7,7 @@
   trainer's `metrics.jsonl` (one JSON object per line with "step" and scalar keys such as
   "loss/total" or "val/net1/dice") or, when that file is absent, from the TensorBoard event files.
 """
+import gzip
 import json
 import math
 import struct
@@ -108,7 +109,8 @@ def overlay_figure(net: Any, source: Any, names: Sequence[str], cfg: Any, path: 
 def _read_jsonl(path: Path) -> Scalars:
     """Non-finite values (written as null) become NaN; an unfinished last line (a killed run) is skipped."""
     scalars: Scalars = {}
-    lines = path.read_text().splitlines()
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -163,11 +165,12 @@ def _read_events(paths: Sequence[Path]) -> Scalars:
 
 
 def read_scalars(run_dir: PathLike) -> Scalars:
-    """{key: (steps, values)} from `<run>/metrics.jsonl`, else from `<run>/events.out.tfevents.*`."""
+    """{key: (steps, values)} from `<run>/metrics.jsonl` (or the `.gz` a published results row
+    keeps), else from `<run>/events.out.tfevents.*`."""
     run_dir = Path(run_dir)
-    jsonl = run_dir / "metrics.jsonl"
-    if jsonl.is_file():
-        return _read_jsonl(jsonl)
+    for jsonl in (run_dir / "metrics.jsonl", run_dir / "metrics.jsonl.gz"):
+        if jsonl.is_file():
+            return _read_jsonl(jsonl)
     events = sorted(run_dir.glob("events.out.tfevents.*"))
     if events:
         return _read_events(events)

@@ -35,6 +35,10 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     _atomic_write(path, lambda fh: fh.write(text), "w")
 
 
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data), "wb")
+
+
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
