@@ -169,6 +169,27 @@ def test_ema_first_step_copies_then_averages():
         assert torch.allclose(t, b + 1.0)  # 5/6 * b + 1/6 * (b + 6)
 
 
+def test_ema_update_is_the_originals_mul_then_add_bit_for_bit():
+    """The foreach form computes exactly the original's per-tensor `t.mul_(a).add_(s, alpha=1 - a)`."""
+    torch.manual_seed(1)
+    student = bn_net()
+    student(torch.randn(4, 1, 5, 5))  # moves the running statistics away from the teacher's
+    teacher = make_teacher(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    expected = {k: v.clone() for k, v in teacher.state_dict().items()}
+    a = ema_alpha(37, 0.99)
+    for name, value in student.state_dict().items():
+        if value.is_floating_point():
+            expected[name].mul_(a).add_(value, alpha=1.0 - a)
+        else:
+            expected[name].copy_(value)
+    ema_update(teacher, student, step=37, decay=0.99)
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
 def test_ema_buffers_averaged_by_default_untouched_when_faithful():
     student = bn_net()
     student(torch.randn(4, 1, 5, 5) * 3 + 2)  # train-mode forward moves the running stats

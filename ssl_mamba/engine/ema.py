@@ -33,14 +33,26 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, decay: float, 
     s_params = dict(student.named_parameters())
     if t_params.keys() != s_params.keys():
         raise ValueError("ema_update: teacher and student have different parameter names")
-    for name, t in t_params.items():
-        t.mul_(alpha).add_(s_params[name].detach(), alpha=1.0 - alpha)
-    if faithful:
-        return
-    s_buffers = dict(student.named_buffers())
-    for name, t in teacher.named_buffers():
-        s = s_buffers[name]
-        if t.is_floating_point():
-            t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-        else:
-            t.copy_(s)
+    pairs = [(t, s_params[name].detach()) for name, t in t_params.items()]
+    if not faithful:
+        s_buffers = dict(student.named_buffers())
+        for name, t in teacher.named_buffers():
+            if t.is_floating_point():
+                pairs.append((t, s_buffers[name]))
+            else:
+                t.copy_(s_buffers[name])
+    _blend(pairs, alpha)
+
+
+def _blend(pairs, alpha: float) -> None:
+    """t <- alpha t + (1 - alpha) s for each (t, s): the original's mul_ then add_, as two foreach
+    calls instead of two kernels per tensor (a UNet teacher has ~140 tensors, and per-tensor launches
+    made the update ~2 ms of host time per iteration)."""
+    by_device = {}
+    for t, s in pairs:
+        by_device.setdefault((t.device, t.dtype, s.dtype), ([], []))
+        by_device[(t.device, t.dtype, s.dtype)][0].append(t)
+        by_device[(t.device, t.dtype, s.dtype)][1].append(s)
+    for teachers, students in by_device.values():
+        torch._foreach_mul_(teachers, alpha)
+        torch._foreach_add_(teachers, students, alpha=1.0 - alpha)
