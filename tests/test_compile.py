@@ -52,7 +52,8 @@ def test_compiled_training_step_matches_eager_and_keeps_state_dict_names(eager_a
     frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     out_c, grads_c = _train_step(compiled, x)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > frames_before  # it did compile
-    # the scan op is never traced (the Triton path cannot be): each block breaks its graph there
+    # the torch scan backend is not traced (only the triton one is, through its custom ops,
+    # tests/test_triton_custom_op.py): each block breaks its graph there
     assert any("ss2d_scan" in reason or "compiler.disable" in reason
                for reason in torch._dynamo.utils.counters["graph_break"])
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)

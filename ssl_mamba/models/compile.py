@@ -1,11 +1,16 @@
 """torch.compile of a network's blocks, in place (`train.compile`, `eval.compile`).
 
-Why blocks and not the whole network: the SS2D scan is our own Triton op (excluded from tracing in
-`ops.ss2d`), so every VSS block breaks its graph there anyway; compiling block by block keeps each
-graph small, lets blocks of one stage share their compiled code, and leaves the module tree, the
-state-dict names and `make_graphed_callables` (train.cuda_graphs) untouched.  What inductor fuses
-is the work around the scan: LayerNorms, casts, SiLU gating, residual adds, patch merging and
-expanding (Mamba-UNet bf16 step at batch 24 on an H200: see benchmarks/RESULTS.md).
+Why blocks and not the whole network: compiling block by block keeps each graph small, lets blocks
+of one stage share their compiled code, and leaves the module tree, the state-dict names and
+`make_graphed_callables` (train.cuda_graphs) untouched.  On the triton scan backend a VSS block is
+one graph: the fused SS2D kernels are the custom ops `ssl_mamba::ss2d_scan_fwd` / `_bwd`
+(`ops.triton_ss2d`), opaque nodes with known output shapes, and the code around them (the x_dbl
+projection, the fp32 widening of x, the sums over the four directions and over channel blocks,
+the cast back to x's dtype) is traced, so inductor can fuse it with the LayerNorms, SiLU gating,
+residual adds and gradient ops of the block.  The other backends (torch, mamba_ssm) are not traced
+(`ops.ss2d._ss2d_scan_unfused`): there every VSS block breaks its graph at the scan.  Patch merging
+and expanding compile as units too (Mamba-UNet bf16 step at batch 24 on an H200, before the custom
+ops: see benchmarks/RESULTS.md).
 
 Training-mode and eval-mode calls are compiled separately, each on request: training with
 static shapes; validation (eval.compile) feeds whole volumes whose slice count varies, so its

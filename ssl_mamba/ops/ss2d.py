@@ -2,7 +2,7 @@
 import torch
 
 from ssl_mamba.ops.cross_scan import cross_merge, cross_scan
-from ssl_mamba.ops.dispatch import resolve_backend, selective_scan, triton_op
+from ssl_mamba.ops.dispatch import resolve_backend, selective_scan
 
 
 def _check_ss2d_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
@@ -31,9 +31,6 @@ def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-# Never traced by torch.compile (train.compile): the Triton path launches kernels from an autograd
-# Function that dynamo cannot follow, so each caller's graph breaks here instead.
-@torch.compiler.disable
 def ss2d_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
               dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
               backend: str = "auto") -> torch.Tensor:
@@ -43,11 +40,36 @@ def ss2d_scan(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: tor
     A_logs (4D, N), Ds (4D).  Returns y (B, H, W, D) in x's dtype: the plain sum of the four
     directions, before out_norm.  `backend` 'triton' runs the fused kernel; the others run
     cross_scan -> projections -> selective_scan(backend) -> cross_merge.
+
+    Under torch.compile the 'triton' path is traced (its kernels are custom ops, opaque nodes in
+    the graph); the others break the graph here (see `_ss2d_scan_unfused`).
     """
     _check_ss2d_shapes(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    name = resolve_backend(backend, x.device, op="ss2d")
+    name = _backend_for(backend, x.device.type)
     if name == "triton":
-        return triton_op("ss2d")(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+        # a plain import (resolve_backend has imported the module), which dynamo follows, unlike
+        # dispatch.triton_op's cached import
+        from ssl_mamba.ops.triton_ss2d import ss2d_scan_triton
+        return ss2d_scan_triton(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    return _ss2d_scan_unfused(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, name)
+
+
+# Resolved once per compiled graph rather than traced: the choice imports modules, checks the
+# environment and logs, none of which dynamo follows, and for one (backend, device type) it is
+# the same on every call.
+@torch.compiler.assume_constant_result
+def _backend_for(backend: str, device_type: str) -> str:
+    return resolve_backend(backend, device_type, op="ss2d")
+
+
+# Never traced by torch.compile (train.compile): mamba_ssm's kernel is an external extension
+# dynamo cannot follow, so each caller's graph breaks here instead (the torch reference takes the
+# same path: tracing would unroll its 64-step Python loops into very large graphs).
+@torch.compiler.disable
+def _ss2d_scan_unfused(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+                       dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
+                       name: str) -> torch.Tensor:
+    """ss2d_scan on the unfused backends: cross_scan -> projections -> selective_scan -> cross_merge."""
     b, h, w, d = x.shape
     k, n, r = x_proj_weight.shape[0], A_logs.shape[1], dt_projs_weight.shape[2]
     xs = cross_scan(x.permute(0, 3, 1, 2))  # (B, 4, D, L)

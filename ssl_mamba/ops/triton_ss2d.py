@@ -34,6 +34,9 @@ the (B, 4, D, L) cross-scan copies:
   decay is computed once.  The gradients of dt_raw, B and C (sums over the channels) are written as
   one partial per channel block and summed by torch; dx is merged over the directions like y; the
   parameters' gradients are reduced in registers and added once per program.
+* The host code launching the kernels is two torch.library custom ops, ssl_mamba::ss2d_scan_fwd
+  and ssl_mamba::ss2d_scan_bwd, composed by the autograd Function `_SS2DScanFn` with the casts and
+  sums in plain torch: torch.compile traces all of it with the ops as opaque nodes.
 
 History and measurements of earlier designs (chunked associative scans): benchmarks/NOTES-gpu.md.
 
@@ -43,7 +46,7 @@ before triton is first imported (that is how the CPU tests exercise it).
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -490,34 +493,56 @@ def _check_runnable(x: torch.Tensor) -> None:
                         "set TRITON_INTERPRET=1 before importing triton to run it on the CPU")
 
 
-def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int) -> dict:
-    """Everything one forward and its backward launch with, fixed at the forward (the backward
-    reuses the forward's plan, so a config change in between cannot mismatch the checkpoints):
-    grid (B*4, channel blocks, segments), chunk, segment length, the merge mode and the kernels'
-    shared compile-time tiles.
+# The order of the config values in the int list the custom ops take (`_config_ints`).
+_PLAN_KEYS = tuple(_CONFIG)
+
+
+def _config_ints() -> List[int]:
+    """The current config as the int list the custom ops take.  The forward reads it once and the
+    backward op gets the same list, so both derive the same plan from it and the shapes even if
+    `set_block_config` runs in between (under torch.compile the values are baked into the graph,
+    guarded by dynamo on the config dict)."""
+    return [int(_CONFIG[key]) for key in _PLAN_KEYS]
+
+
+def _config_dict(config: Sequence[int]) -> dict:
+    return dict(zip(_PLAN_KEYS, config))
+
+
+def _cdiv(a, b):
+    """Ceil division that also works on the SymInts of the fake (shape-only) implementations."""
+    return (a + b - 1) // b
+
+
+def _launch_plan(b: int, h: int, w: int, d: int, n: int, r: int, config: Optional[dict] = None) -> dict:
+    """Everything one forward and its backward launch with, derived from the shapes and `config`
+    (default: the current `_CONFIG`): grid (B*4, channel blocks, segments), chunk, segment length,
+    the merge mode and the kernels' shared compile-time tiles.  The custom ops pass the forward's
+    config to the backward, so its plan matches the forward's checkpoints.
 
     Segments: the sequence is cut into SEG-step pieces scanned in parallel (after a cheap
     pre-pass and fix-up), so that small batches and the first stage still give the GPU several
     warps per scheduler.  `segments` 0 picks enough for ~`target_programs` programs."""
+    cfg = _CONFIG if config is None else config
     length = h * w
-    block_d, chunk = _CONFIG["block_d"], _CONFIG["chunk"]
+    block_d, chunk = cfg["block_d"], cfg["chunk"]
     base = b * K_DIRECTIONS * triton.cdiv(d, block_d)
     n_chunks = triton.cdiv(length, chunk)
-    want = _CONFIG["segments"] or triton.cdiv(_CONFIG["target_programs"], base)  # 1 once the GPU is busy
+    want = cfg["segments"] or triton.cdiv(cfg["target_programs"], base)  # 1 once the GPU is busy
     seg = triton.cdiv(n_chunks, max(1, min(want, n_chunks))) * chunk
     n_seg = triton.cdiv(length, seg)
     tiles = dict(H=h, W=w, N=n, BLOCK_D=block_d, BLOCK_N=max(triton.next_power_of_2(n), 2),
-                 BLOCK_R=max(triton.next_power_of_2(r), 2), SEG=seg, STAGES=_CONFIG["stages"],
-                 T=min(_CONFIG["vector_steps"], chunk))
-    bwd_block_d = _CONFIG["bwd_block_d"] or block_d
-    bwd_options = {"num_warps": _CONFIG["bwd_warps"]}
-    if _CONFIG["bwd_maxnreg"]:
-        bwd_options["maxnreg"] = _CONFIG["bwd_maxnreg"]
+                 BLOCK_R=max(triton.next_power_of_2(r), 2), SEG=seg, STAGES=cfg["stages"],
+                 T=min(cfg["vector_steps"], chunk))
+    bwd_block_d = cfg["bwd_block_d"] or block_d
+    bwd_options = {"num_warps": cfg["bwd_warps"]}
+    if cfg["bwd_maxnreg"]:
+        bwd_options["maxnreg"] = cfg["bwd_maxnreg"]
     return dict(grid=(b * K_DIRECTIONS, triton.cdiv(d, block_d), n_seg), chunk=chunk, n_seg=n_seg,
-                atomic=bool(_CONFIG["atomic_merge"]), tiles=tiles,
-                fwd_warps=_CONFIG["fwd_warps"], bwd_warps=_CONFIG["bwd_warps"],
+                atomic=bool(cfg["atomic_merge"]), tiles=tiles,
+                fwd_warps=cfg["fwd_warps"], bwd_warps=cfg["bwd_warps"],
                 bwd_items=(b * K_DIRECTIONS, triton.cdiv(d, bwd_block_d), n_seg),
-                bwd_programs=_CONFIG["bwd_programs"],
+                bwd_programs=cfg["bwd_programs"],
                 bwd_tiles=dict(tiles, BLOCK_D=bwd_block_d), bwd_options=bwd_options)
 
 
@@ -570,8 +595,97 @@ def _widened(t: torch.Tensor) -> torch.Tensor:
     return t.float().contiguous()
 
 
+# The kernel launches as custom ops: torch.compile (train.compile) sees each as one opaque node with
+# a known output shape instead of breaking its graph, so the work around them (the widening casts,
+# the sums over directions and channel blocks, the cast back to x's dtype) is plain torch code that
+# inductor can fuse with the neighbouring LayerNorm / gating and gradient ops.  The ops read fp32
+# (they widen anything else, a no-op for fp32 contiguous inputs) and take the config as an int list
+# (`_config_ints`); their outputs' shapes follow from the inputs' shapes and that list.
+
+@torch.library.custom_op("ssl_mamba::ss2d_scan_fwd", mutates_args=())
+def ss2d_scan_fwd(x: torch.Tensor, x_dbl: torch.Tensor, A_t: torch.Tensor, dtw_t: torch.Tensor,
+                  ds: torch.Tensor, bias: torch.Tensor, config: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernels.  Returns y4, the four directions' outputs (B, H, W, 4, D) fp32 (with
+    atomic_merge their sum, (B, H, W, D)), and hs, the state entering each chunk (B*4, chunks, N, D)."""
+    args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
+    x = args[0]
+    b, h, w, d = x.shape
+    n, r = A_t.shape[1], dtw_t.shape[1]
+    plan = _launch_plan(b, h, w, d, n, r, _config_dict(config))
+    h_in = _entering_values(plan, args, x, reverse=False, num_warps=plan["fwd_warps"])
+    y, hs = _fwd_outputs(x, n, config, torch.zeros if plan["atomic"] else torch.empty)
+    _ss2d_fwd_kernel[plan["grid"]](*args, h_in, y, hs, d, r, CHUNK=plan["chunk"], ATOMIC=plan["atomic"],
+                                   num_warps=plan["fwd_warps"], **plan["tiles"])
+    return y, hs
+
+
+def _fwd_outputs(x: torch.Tensor, n: int, config: Sequence[int], alloc) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Empty y4 (or, with atomic_merge, y) and hs for ss2d_scan_fwd; shared by its fake, so the
+    shapes the compiler plans with are the ones the kernels write."""
+    cfg = _config_dict(config)
+    b, h, w, d = x.shape
+    f32 = dict(device=x.device, dtype=torch.float32)
+    y = alloc(b, h, w, d, **f32) if cfg["atomic_merge"] else alloc(b, h, w, K_DIRECTIONS, d, **f32)
+    return y, torch.empty(b * K_DIRECTIONS, _cdiv(h * w, cfg["chunk"]), n, d, **f32)
+
+
+@ss2d_scan_fwd.register_fake
+def _(x, x_dbl, A_t, dtw_t, ds, bias, config):
+    return _fwd_outputs(x, A_t.shape[1], config, torch.empty)
+
+
+@torch.library.custom_op("ssl_mamba::ss2d_scan_bwd", mutates_args=())
+def ss2d_scan_bwd(x: torch.Tensor, x_dbl: torch.Tensor, A_t: torch.Tensor, dtw_t: torch.Tensor,
+                  ds: torch.Tensor, bias: torch.Tensor, hs: torch.Tensor, gy: torch.Tensor,
+                  config: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor]:
+    """The backward kernels, given the forward's inputs (x and x_dbl as the forward saved them, bf16
+    or fp32), its hs and config, and gy (B, H, W, D).  Returns dx4 (B, H, W, 4, D) per direction (with atomic_merge summed, (B, H, W, D)), dpart
+    (channel blocks, B*H*W, 4, R+2N) (d x_dbl, one partial per backward channel block), and the
+    gradients of A_t, dtw_t, ds and bias; all fp32."""
+    args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
+    x = args[0]
+    b, h, w, d = x.shape
+    n, r = A_t.shape[1], dtw_t.shape[1]
+    plan = _launch_plan(b, h, w, d, n, r, _config_dict(config))
+    items, tiles, atomic = plan["bwd_items"], plan["bwd_tiles"], plan["atomic"]
+    n_items = items[0] * items[1] * items[2]
+    persistent = plan["bwd_programs"] != 0
+    programs = _backward_programs(n_items, x.device, plan["bwd_programs"]) if persistent else n_items
+    gy = _widened(gy)
+    q_in = _entering_values(plan, args, gy, reverse=True, num_warps=plan["bwd_warps"])
+    dx, dpart, *dparams = _bwd_outputs(x, x_dbl, args[2:], config, torch.zeros if atomic else torch.empty)
+    scratch = torch.empty(programs, plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"], device=x.device,
+                          dtype=torch.float32)
+    grid = (programs,) if persistent else items
+    _ss2d_bwd_kernel[grid](*args, hs.contiguous(), gy, q_in, scratch, dx, dpart, *dparams, d, r, b * h * w,
+                           items[0], CHUNK=plan["chunk"], ATOMIC=atomic, PERSISTENT=persistent,
+                           **plan["bwd_options"], **tiles)
+    return (dx, dpart, *dparams)
+
+
+def _bwd_outputs(x: torch.Tensor, x_dbl: torch.Tensor, params: Sequence[torch.Tensor], config: Sequence[int],
+                 alloc) -> tuple:
+    """ss2d_scan_bwd's outputs before its kernels run (shared by its fake): dx4 (or, with
+    atomic_merge, dx) from `alloc`, dpart empty (each element is written once), and the parameter
+    gradients zeroed (the kernels add into them)."""
+    cfg = _config_dict(config)
+    b, h, w, d = x.shape
+    f32 = dict(device=x.device, dtype=torch.float32)
+    dx = alloc(b, h, w, d, **f32) if cfg["atomic_merge"] else alloc(b, h, w, K_DIRECTIONS, d, **f32)
+    blocks = _cdiv(d, cfg["bwd_block_d"] or cfg["block_d"])
+    dpart = torch.empty(blocks, b * h * w, K_DIRECTIONS, x_dbl.shape[-1], **f32)
+    return (dx, dpart, *(torch.zeros(t.shape, **f32) for t in params))
+
+
+@ss2d_scan_bwd.register_fake
+def _(x, x_dbl, A_t, dtw_t, ds, bias, hs, gy, config):
+    return _bwd_outputs(x, x_dbl, (A_t, dtw_t, ds, bias), config, torch.empty)
+
+
 class _SS2DScanFn(torch.autograd.Function):
-    """Cross-scan + dt projection + selective scan + merge over prepared inputs.
+    """Cross-scan + dt projection + selective scan + merge over prepared inputs: the two custom ops
+    and the traceable torch code around them.
 
     x: (B, H, W, D); x_dbl: (B, H, W, 4, R + 2N) = (dt_raw, B, C) per direction, both fp32 or bf16;
     A_t: (4, N, D) (-exp(A_logs), transposed); dtw_t: (4, R, D) (dt_projs_weight, transposed);
@@ -579,52 +693,35 @@ class _SS2DScanFn(torch.autograd.Function):
     again in the backward: what is saved in between are the bf16 tensors themselves (x is kept by
     the x_dbl projection anyway), not fp32 copies, which at Mamba-UNet's first stage at batch 24
     saves ~80 MB per block.  The widening is exact, so the backward sees the forward's values.
+
+    Why an autograd.Function and not `register_autograd` on ss2d_scan_fwd: the sum over the four
+    directions must stay outside the op (for inductor to fuse it), but the backward kernel takes one
+    gy for all four directions, which is the gradient of the sum, not of an arbitrary gradient of
+    the per-direction y4 that an autograd formula on the op would have to accept.  Dynamo traces this
+    Function's forward and backward (both are custom ops plus plain torch code), and AOTAutograd
+    puts the backward's sums and casts into the compiled backward graph.
     """
 
     @staticmethod
     def forward(ctx, x_in, x_dbl_in, A_t, dtw_t, ds, bias):  # noqa: D401 - autograd signature
-        x, x_dbl = _widened(x_in), _widened(x_dbl_in)
-        b, h, w, d = x.shape
-        n, r = A_t.shape[1], dtw_t.shape[1]
-        plan = _launch_plan(b, h, w, d, n, r)
-        args = (x, x_dbl, A_t, dtw_t, ds, bias)
-        h_in = _entering_values(plan, args, x, reverse=False, num_warps=plan["fwd_warps"])
-        f32 = dict(device=x.device, dtype=torch.float32)
-        atomic = plan["atomic"]
-        y = torch.zeros(b, h, w, d, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
-        hs = torch.empty(b * K_DIRECTIONS, triton.cdiv(h * w, plan["chunk"]), n, d, **f32)
-        _ss2d_fwd_kernel[plan["grid"]](*args, h_in, y, hs, d, r, CHUNK=plan["chunk"], ATOMIC=atomic,
-                                       num_warps=plan["fwd_warps"], **plan["tiles"])
+        config = _config_ints()  # read once: the backward launches with the same plan
+        y, hs = torch.ops.ssl_mamba.ss2d_scan_fwd(_widened(x_in), _widened(x_dbl_in), A_t, dtw_t, ds, bias,
+                                                  config)
         ctx.save_for_backward(x_in, x_dbl_in, A_t, dtw_t, ds, bias, hs)
-        ctx.plan = plan
-        return y if atomic else y.sum(3)
+        ctx.config = config
+        return y if y.dim() == 4 else y.sum(3)  # 4 dims: atomic_merge summed the directions already
 
     @staticmethod
     def backward(ctx, gy):
         x_in, x_dbl_in, *params, hs = ctx.saved_tensors
-        args = (_widened(x_in), _widened(x_dbl_in), *params)
-        x, x_dbl, A_t, dtw_t = args[:4]
-        b, h, w, d = x.shape
-        n, r = A_t.shape[1], dtw_t.shape[1]
-        plan = ctx.plan
-        items, tiles, atomic = plan["bwd_items"], plan["bwd_tiles"], plan["atomic"]
-        n_items = items[0] * items[1] * items[2]
-        persistent = plan["bwd_programs"] != 0
-        programs = _backward_programs(n_items, x.device, plan["bwd_programs"]) if persistent else n_items
-        f32 = dict(device=x.device, dtype=torch.float32)
-        gy = gy.float().contiguous()
-        q_in = _entering_values(plan, args, gy, reverse=True, num_warps=plan["bwd_warps"])
-        dx = torch.zeros(x.shape, **f32) if atomic else torch.empty(b, h, w, K_DIRECTIONS, d, **f32)
-        # d x_dbl as one partial per channel block (each element written once), summed below.
-        dpart = torch.empty(items[1], b * h * w, K_DIRECTIONS, r + 2 * n, **f32)
-        scratch = torch.empty(programs, plan["chunk"], tiles["BLOCK_N"], tiles["BLOCK_D"], **f32)
-        dA, ddtw, dds, dbias = (torch.zeros(t.shape, **f32) for t in args[2:])
-        grid = (programs,) if persistent else items
-        _ss2d_bwd_kernel[grid](*args, hs, gy, q_in, scratch, dx, dpart, dA, ddtw, dds, dbias, d, r, b * h * w,
-                               items[0], CHUNK=plan["chunk"], ATOMIC=atomic, PERSISTENT=persistent,
-                               **plan["bwd_options"], **tiles)
-        dx_dbl = dpart.sum(0).view(x_dbl.shape) if items[1] > 1 else dpart.view(x_dbl.shape)
-        return (dx if atomic else dx.sum(3)), dx_dbl, dA, ddtw, dds, dbias
+        # x and x_dbl go in as saved (bf16 under autocast), widened inside the op: widened out here,
+        # the compiled graph's partitioner would share the forward's fp32 copies and save those.
+        dx, dpart, *dparams = torch.ops.ssl_mamba.ss2d_scan_bwd(x_in, x_dbl_in, *params, hs, _widened(gy),
+                                                                ctx.config)
+        dx = dx if dx.dim() == 4 else dx.sum(3)
+        dx_dbl = (dpart.sum(0) if dpart.shape[0] > 1 else dpart[0]).view(x_dbl_in.shape)
+        # the casts the autograd engine would add for bf16 inputs, here where inductor can fuse them
+        return (dx.to(x_in.dtype), dx_dbl.to(x_dbl_in.dtype), *dparams)
 
 
 def _check_shapes(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
