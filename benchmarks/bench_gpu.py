@@ -320,31 +320,35 @@ def dice_ce(logits, label, k=4):
 
 
 def model_bench(backend: str, bf16: bool, batch: int, iters: int = 20, cfg: dict = None,
-                graphs: bool = False, compiled: bool = False, eval_compiled: bool = False) -> dict:
+                graphs: bool = False, compiled: bool = False, eval_compiled: bool = False,
+                opaque_scan: bool = False) -> dict:
     """Train-step ms (median of `iters`), img/s, peak GiB, and inference img/s of Mamba-UNet.
 
     cfg: Triton variant to use for this measurement (the current one is restored afterwards);
     graphs: the network's forward and backward CUDA-graphed by the library (train.cuda_graphs);
     compiled: torch.compile around everything but the scan (see mamba_unet_training);
-    eval_compiled: the eval-mode forward too (eval.compile), which the inference columns then time.
+    eval_compiled: the eval-mode forward too (eval.compile), which the inference columns then time;
+    opaque_scan: compile with the scan as a graph break (the path before the custom ops), for A/B.
     """
-    return with_config(lambda: _model_bench(backend, bf16, batch, iters, graphs, compiled, eval_compiled),
-                       **(cfg or {}))
+    return with_config(lambda: _model_bench(backend, bf16, batch, iters, graphs, compiled, eval_compiled,
+                                            opaque_scan), **(cfg or {}))
 
 
 def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = False, compiled: bool = False,
-                        eval_compiled: bool = False):
+                        eval_compiled: bool = False, opaque_scan: bool = False):
     """A full-size Mamba-UNet on `backend`'s scan with SGD and synthetic 224x224 data: (net, img,
     step), step() being one train iteration (0.5 (CE + Dice), backward, SGD) returning the loss.
     graphs: capture the network with the library's `engine.cuda_graphs` (as train.cuda_graphs does).
-    compiled: torch.compile (inductor, static shapes) of each block and patch layer, the scan left out
-    of the graph (a graph break per SS2D), to measure what fusing the norms, casts and gating gives."""
+    compiled: torch.compile (inductor, static shapes) of each block and patch layer, as train.compile
+    does: the Triton scan is traced as two custom ops, so the sums and casts around its kernels fuse
+    with the norms and gating; the other backends, and any with `opaque_scan`, break the graph at the
+    scan (the path measured up to run v16)."""
     from ssl_mamba.engine.cuda_graphs import GraphedNetworks
     from ssl_mamba.engine.step import autocast_context
     import ssl_mamba.layers.ss2d as ss2d_mod
     from ssl_mamba.models import create_model
     scan = SCANS[backend]
-    if compiled or eval_compiled:
+    if (compiled or eval_compiled) and (backend != "triton" or opaque_scan):
         scan = torch.compiler.disable(scan)
     ss2d_mod.ss2d_scan = lambda *a, backend=None: scan(*a)
     torch.manual_seed(0)
@@ -376,12 +380,12 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
 
 
 def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool, compiled: bool,
-                 eval_compiled: bool = False) -> dict:
+                 eval_compiled: bool = False, opaque_scan: bool = False) -> dict:
     t0 = time.time()
     # what earlier phases left allocated (run v16: ~0.6 GiB after the compile phases) is not this
     # phase's: `peak_own_gib` subtracts it, and the ratios use it
     start = torch.cuda.memory_allocated()
-    net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled, eval_compiled)
+    net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled, eval_compiled, opaque_scan)
     step()  # the first call compiles when `compiled`; timed separately
     torch.cuda.synchronize()
     first_s = time.time() - t0
@@ -597,6 +601,7 @@ def compile_phases(out_dir: Path) -> None:
         phase(key, lambda: model_bench("triton", True, 24, compiled=True, **kw), out_dir, need_s + AFTER_COMPILE_S)
 
     compiled_phase("model_b24_ours_bf16_compile_graphs", 150, graphs=True)  # the first compile: ~110-120 s
+    compiled_phase("model_b24_ours_bf16_compile_graphs_opaque", 60, graphs=True, opaque_scan=True)  # A/B: v16's path
     compiled_phase("model_b24_ours_bf16_compile_graphs_tp8192", 40, graphs=True,
                    cfg=dict(RESULTS["tile_config"], target_programs=8192))
     compiled_phase("model_b24_ours_bf16_compile_graphs_evalcompile", 130, graphs=True,  # inference: eval.compile
@@ -639,7 +644,7 @@ def summarize(shape, out_dir: Path) -> None:
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192",
+                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192",
                   "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
