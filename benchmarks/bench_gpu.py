@@ -602,6 +602,8 @@ def compile_phases(out_dir: Path) -> None:
 
     compiled_phase("model_b24_ours_bf16_compile_graphs", 150, graphs=True)  # the first compile: ~110-120 s
     compiled_phase("model_b24_ours_bf16_compile_graphs_opaque", 60, graphs=True, opaque_scan=True)  # A/B: v16's path
+    compiled_phase("model_b24_ours_bf16_compile_graphs_narrow", 40, graphs=True,  # bf16 direction buffers
+                   cfg=dict(RESULTS["tile_config"], narrow_buffers=1))
     compiled_phase("model_b24_ours_bf16_compile_graphs_tp8192", 40, graphs=True,
                    cfg=dict(RESULTS["tile_config"], target_programs=8192))
     compiled_phase("model_b24_ours_bf16_compile_graphs_evalcompile", 130, graphs=True,  # inference: eval.compile
@@ -644,7 +646,7 @@ def summarize(shape, out_dir: Path) -> None:
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192",
+                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_narrow", "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192",
                   "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")

@@ -118,6 +118,18 @@ SCRIPT = PRELUDE + textwrap.dedent('''
     ins, gy = inputs(2, 3, 6, 16, 16, 3, seed=2)
     out["fp32_chunks"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
+    # narrow_buffers: bf16 per-direction buffers and d x_dbl partials under bf16 inputs, ignored in fp32
+    import ssl_mamba.ops.triton_ss2d as T
+    set_block_config(atomic_merge=False)  # per-direction buffers (the atomics' sum stays fp32)
+    out["bf16_buffers"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
+    set_block_config(narrow_buffers=True)
+    out["bf16_narrow"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
+    out["fp32_narrow_ignored"] = errors(ss2d_scan_triton, ins, gy, torch.float32)
+    args = T.kernel_inputs(*[t.float() for t in ins])
+    y4, hs = torch.ops.ssl_mamba.ss2d_scan_fwd(*args, T._config_ints())
+    dx4, dpart, *_ = torch.ops.ssl_mamba.ss2d_scan_bwd(*args, hs, gy.float(), T._config_ints())
+    out["narrow_dtypes"] = [str(t.dtype) for t in (y4, hs, dx4, dpart)]
+    set_block_config(narrow_buffers=False, atomic_merge=True)
     # what the bf16 graph keeps for the backward: no fp32 copy of x or of the x_dbl projection
     saved = []
     xb = ins[0].bfloat16().requires_grad_()
@@ -169,6 +181,15 @@ def test_fp32_output_and_every_gradient_match_float64_oracle(results, case):
 def test_bf16_output_and_every_gradient_within_1e2(results):
     bad = {k: v for k, v in results["bf16"].items() if not v <= 1e-2}
     assert not bad, f"bf16 relative errors above 1e-2: {bad}"
+
+
+def test_narrow_buffers_stay_within_bf16_tolerance_and_leave_fp32_alone(results):
+    """narrow_buffers writes y4 / dx4 / the d x_dbl partials in bf16 (halving that traffic) under bf16
+    inputs only: the bf16 errors change but stay within 1e-2, fp32 stays at 1e-5."""
+    assert results["narrow_dtypes"] == ["torch.bfloat16", "torch.float32", "torch.bfloat16", "torch.bfloat16"]
+    assert max(results["bf16_narrow"].values()) <= 1e-2, results["bf16_narrow"]
+    assert results["bf16_narrow"] != results["bf16_buffers"]  # the bf16 run did take the narrowed buffers
+    assert max(results["fp32_narrow_ignored"].values()) <= 1e-5, results["fp32_narrow_ignored"]
 
 
 def test_bf16_backward_keeps_no_fp32_copy_of_x_or_x_dbl(results):

@@ -90,11 +90,15 @@ K_DIRECTIONS = 4
 #   training peak fell from 4.32 to 3.99 GiB, but the backward kernel took ~30.5 instead of ~25-27
 #   ms per step (H200, benchmarks/RESULTS.md), so it is the memory saver, not the default
 #   (`train.low_memory_scan`).
+# narrow_buffers: with bf16 inputs, write the per-direction y / dx buffers (not with atomic_merge)
+#   and the d x_dbl partials in bf16 instead of fp32, halving their write and re-read (at the first
+#   stage at batch 24: 231 MB for y4 or dx4 and 275 MB of partials in fp32); the sums over them still
+#   accumulate in fp32.  Not measured yet, so off by default.
 # (A variant that took the dt projection's backward out of the kernel into two GEMMs, dt_gemm, was
 #   measured 45% slower in the backward on an H100 and removed; it is commit 8b8c58b.)
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
-           "target_programs": 4096}
+           "target_programs": 4096, "narrow_buffers": 0}
 _BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
 
 
@@ -103,7 +107,8 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
                      segments: Optional[int] = None, vector_steps: Optional[int] = None,
                      bwd_block_d: Optional[int] = None, bwd_maxnreg: Optional[int] = None,
-                     bwd_programs: Optional[int] = None, target_programs: Optional[int] = None) -> dict:
+                     bwd_programs: Optional[int] = None, target_programs: Optional[int] = None,
+                     narrow_buffers: Optional[bool] = None) -> dict:
     """Change the kernels' tile sizes, warps, chunk and pipelining depth; returns the previous config."""
     old = dict(_CONFIG)
     if bwd_block_d is not None:
@@ -135,6 +140,8 @@ def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = N
         _CONFIG["stages"] = int(stages)
     if atomic_merge is not None:
         _CONFIG["atomic_merge"] = int(bool(atomic_merge))
+    if narrow_buffers is not None:
+        _CONFIG["narrow_buffers"] = int(bool(narrow_buffers))
     if segments is not None:
         if segments < 0:
             raise UserError(f"triton_ss2d: segments={segments} must be >= 0 (0: automatic)")
@@ -163,8 +170,8 @@ if triton is not None:
         sum, or a plain store into slot k of a (B*L, 4, D) buffer (summed over k by torch)."""
         if ATOMIC:
             tl.atomic_add(ptr + p * D + offs_d, val, mask=mask, sem="relaxed")
-        else:
-            tl.store(ptr + (p * 4 + k) * D + offs_d, val, mask=mask)
+        else:  # the buffer is fp32, or bf16 with narrow_buffers
+            tl.store(ptr + (p * 4 + k) * D + offs_d, val.to(ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _softplus(x):
@@ -386,10 +393,12 @@ if triton is not None:
         q = tl.exp2(delta[None, :] * A2) * g
         _merge_out(dx_ptr, gB * delta + dskip * gy, p, k, D, offs_d, m_d, ATOMIC)
         # This channel block's share of d x_dbl (sums over the channels), layout (n_dblocks, B*L, 4, R+2N).
+        # (fp32, or bf16 with narrow_buffers)
         part = dpart_ptr + ((pid_d * NPOS + p) * 4 + k) * (R + 2 * N)
-        tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1), mask=_and(mask_r, valid))
-        tl.store(part + R + offs_n, tl.sum(g * du[None, :], axis=1), mask=_and(mask_n, valid))
-        tl.store(part + R + N + offs_n, tl.sum(h * gy[None, :], axis=1), mask=_and(mask_n, valid))
+        pt = dpart_ptr.dtype.element_ty
+        tl.store(part + offs_r, tl.sum(dtw * ddr[None, :], axis=1).to(pt), mask=_and(mask_r, valid))
+        tl.store(part + R + offs_n, tl.sum(g * du[None, :], axis=1).to(pt), mask=_and(mask_n, valid))
+        tl.store(part + R + N + offs_n, tl.sum(h * gy[None, :], axis=1).to(pt), mask=_and(mask_n, valid))
         return q, dA_acc, dD_acc, dbias_acc, ddtw_acc
 
     @triton.jit
@@ -605,8 +614,9 @@ def _widened(t: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("ssl_mamba::ss2d_scan_fwd", mutates_args=())
 def ss2d_scan_fwd(x: torch.Tensor, x_dbl: torch.Tensor, A_t: torch.Tensor, dtw_t: torch.Tensor,
                   ds: torch.Tensor, bias: torch.Tensor, config: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The forward kernels.  Returns y4, the four directions' outputs (B, H, W, 4, D) fp32 (with
-    atomic_merge their sum, (B, H, W, D)), and hs, the state entering each chunk (B*4, chunks, N, D)."""
+    """The forward kernels.  Returns y4, the four directions' outputs (B, H, W, 4, D) fp32 (bf16
+    with narrow_buffers; with atomic_merge their fp32 sum, (B, H, W, D)), and hs, the fp32 state
+    entering each chunk (B*4, chunks, N, D)."""
     args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
     x = args[0]
     b, h, w, d = x.shape
@@ -625,8 +635,16 @@ def _fwd_outputs(x: torch.Tensor, n: int, config: Sequence[int], alloc) -> Tuple
     cfg = _config_dict(config)
     b, h, w, d = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
-    y = alloc(b, h, w, d, **f32) if cfg["atomic_merge"] else alloc(b, h, w, K_DIRECTIONS, d, **f32)
+    if cfg["atomic_merge"]:
+        y = alloc(b, h, w, d, **f32)
+    else:
+        y = alloc(b, h, w, K_DIRECTIONS, d, device=x.device, dtype=_buffer_dtype(cfg))
     return y, torch.empty(b * K_DIRECTIONS, _cdiv(h * w, cfg["chunk"]), n, d, **f32)
+
+
+def _buffer_dtype(cfg: dict) -> torch.dtype:
+    """The dtype of the per-direction y / dx buffers and the d x_dbl partials (`narrow_buffers`)."""
+    return torch.bfloat16 if cfg["narrow_buffers"] else torch.float32
 
 
 @ss2d_scan_fwd.register_fake
@@ -640,9 +658,10 @@ def ss2d_scan_bwd(x: torch.Tensor, x_dbl: torch.Tensor, A_t: torch.Tensor, dtw_t
                   config: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                               torch.Tensor, torch.Tensor]:
     """The backward kernels, given the forward's inputs (x and x_dbl as the forward saved them, bf16
-    or fp32), its hs and config, and gy (B, H, W, D).  Returns dx4 (B, H, W, 4, D) per direction (with atomic_merge summed, (B, H, W, D)), dpart
-    (channel blocks, B*H*W, 4, R+2N) (d x_dbl, one partial per backward channel block), and the
-    gradients of A_t, dtw_t, ds and bias; all fp32."""
+    or fp32), its hs and config, and gy (B, H, W, D).  Returns dx4 (B, H, W, 4, D) per direction
+    (with atomic_merge their sum, (B, H, W, D)), dpart (channel blocks, B*H*W, 4, R+2N) (d x_dbl,
+    one partial per backward channel block), and the gradients of A_t, dtw_t, ds and bias; all
+    fp32 except dx4 and dpart with narrow_buffers (bf16)."""
     args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
     x = args[0]
     b, h, w, d = x.shape
@@ -672,9 +691,10 @@ def _bwd_outputs(x: torch.Tensor, x_dbl: torch.Tensor, params: Sequence[torch.Te
     cfg = _config_dict(config)
     b, h, w, d = x.shape
     f32 = dict(device=x.device, dtype=torch.float32)
-    dx = alloc(b, h, w, d, **f32) if cfg["atomic_merge"] else alloc(b, h, w, K_DIRECTIONS, d, **f32)
+    narrow = dict(device=x.device, dtype=_buffer_dtype(cfg))
+    dx = alloc(b, h, w, d, **f32) if cfg["atomic_merge"] else alloc(b, h, w, K_DIRECTIONS, d, **narrow)
     blocks = _cdiv(d, cfg["bwd_block_d"] or cfg["block_d"])
-    dpart = torch.empty(blocks, b * h * w, K_DIRECTIONS, x_dbl.shape[-1], **f32)
+    dpart = torch.empty(blocks, b * h * w, K_DIRECTIONS, x_dbl.shape[-1], **narrow)
     return (dx, dpart, *(torch.zeros(t.shape, **f32) for t in params))
 
 
@@ -705,11 +725,13 @@ class _SS2DScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_in, x_dbl_in, A_t, dtw_t, ds, bias):  # noqa: D401 - autograd signature
         config = _config_ints()  # read once: the backward launches with the same plan
+        if x_in.dtype != torch.bfloat16:  # narrow buffers only where the result is bf16 anyway
+            config[_PLAN_KEYS.index("narrow_buffers")] = 0
         y, hs = torch.ops.ssl_mamba.ss2d_scan_fwd(_widened(x_in), _widened(x_dbl_in), A_t, dtw_t, ds, bias,
                                                   config)
         ctx.save_for_backward(x_in, x_dbl_in, A_t, dtw_t, ds, bias, hs)
         ctx.config = config
-        return y if y.dim() == 4 else y.sum(3)  # 4 dims: atomic_merge summed the directions already
+        return y if y.dim() == 4 else y.sum(3, dtype=torch.float32)  # 4 dims: atomic_merge summed already
 
     @staticmethod
     def backward(ctx, gy):
@@ -718,8 +740,8 @@ class _SS2DScanFn(torch.autograd.Function):
         # the compiled graph's partitioner would share the forward's fp32 copies and save those.
         dx, dpart, *dparams = torch.ops.ssl_mamba.ss2d_scan_bwd(x_in, x_dbl_in, *params, hs, _widened(gy),
                                                                 ctx.config)
-        dx = dx if dx.dim() == 4 else dx.sum(3)
-        dx_dbl = (dpart.sum(0) if dpart.shape[0] > 1 else dpart[0]).view(x_dbl_in.shape)
+        dx = dx if dx.dim() == 4 else dx.sum(3, dtype=torch.float32)
+        dx_dbl = (dpart.sum(0, dtype=torch.float32) if dpart.shape[0] > 1 else dpart[0]).view(x_dbl_in.shape)
         # the casts the autograd engine would add for bf16 inputs, here where inductor can fuse them
         return (dx.to(x_in.dtype), dx_dbl.to(x_dbl_in.dtype), *dparams)
 
