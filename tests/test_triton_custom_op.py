@@ -102,6 +102,17 @@ for backend in ("aot_eager", "inductor"):
             out["atomic_err"] = worst(run(compiled, False)[0], run(f, False)[0])
             set_block_config(atomic_merge=False)
 
+# eval.compile makes the batch dimension dynamic: the fake implementations then see a symbolic
+# batch, and one compiled graph serves validation batches of several sizes
+torch._dynamo.reset()
+dyn = torch.compile(f, backend="aot_eager", dynamic=True, fullgraph=True)
+errs = []
+for batch in (1, 3):
+    xv = torch.randn(batch, h, w, d, generator=g)
+    with torch.no_grad():
+        errs.append(worst([dyn(xv, *INS[1:])], [f(xv, *INS[1:])]))
+out["dynamic_err"] = max(errs)
+
 # train.compile's unit, a VSS block (LayerNorm, in_proj, the recomputed conv and gate, the scan),
 # compiles as one graph on the triton backend and trains like eager
 from ssl_mamba.layers.ss2d import VSSBlock
@@ -160,3 +171,8 @@ def test_compiled_bf16_backward_keeps_no_fp32_copy_of_x_or_x_dbl(results, backen
 
 def test_a_vss_block_compiles_as_one_graph_and_matches_eager(results):
     assert results["vss_block_err"] <= 1e-5
+
+
+def test_a_dynamic_batch_compiles_through_the_custom_ops(results):
+    """eval.compile's dynamic batch: one graph for validation batches of 1 and 3 slices, as eager."""
+    assert results["dynamic_err"] <= 1e-5
