@@ -174,6 +174,17 @@ def test_training_curves_from_jsonl(tmp_path):
     assert_png(figures.training_curves(tmp_path, tmp_path / "curves.png"))
 
 
+def test_curve_panels_group_validation_by_metric_and_leave_out_the_clutter():
+    keys = ["loss/seg", "loss/sup1", "lr/seg", "val/net1/dice", "val/net2/dice", "val/net1/hd95",
+            "val/net1/iou", "val/net1/class2/dice", "weight/consistency"]
+    assert figures.curve_panels(keys) == {
+        "loss": ["loss/seg", "loss/sup1"], "lr": ["lr/seg"], "val dice": ["val/net1/dice", "val/net2/dice"],
+        "val hd95": ["val/net1/hd95"], "weight": ["weight/consistency"]}
+    # keys asked for by name are all drawn
+    assert figures.curve_panels(["val/net1/iou", "val/net1/class2/dice"], default=False) == {
+        "val iou": ["val/net1/iou"], "val": ["val/net1/class2/dice"]}
+
+
 def test_training_curves_from_tensorboard_events(tmp_path):
     from tensorboardX import SummaryWriter
 

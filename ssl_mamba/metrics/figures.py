@@ -177,25 +177,53 @@ def read_scalars(run_dir: PathLike) -> Scalars:
     raise DataError(f"{run_dir}: no metrics.jsonl and no events.out.tfevents.* file to draw training curves from")
 
 
-def training_curves(run_dir: PathLike, path: PathLike, keys: Optional[Sequence[str]] = None) -> Path:
-    """Plot training scalars: one panel per key prefix ("loss", "val", "lr", ...).
+# Validation metrics drawn by default, one panel each with a line per network: the papers' headline
+# pair.  The rest (IoU, Acc, Pre, Sen, Spe, ASD and every per-class value) stay in the logs.
+DEFAULT_VAL_METRICS = ("dice", "hd95")
 
-    keys: which scalars to draw (default: all of them).
+
+def curve_panels(keys: Sequence[str], default: bool = True) -> Dict[str, List[str]]:
+    """{panel title: scalar keys} for `training_curves`.  Validation scalars "val/<net>/<metric>"
+    share a panel per metric ("val dice": one line per network); everything else by its prefix
+    ("loss", "lr", "weight", ...).  `default` leaves out the per-class and secondary validation
+    metrics, which on one axis made the panel unreadable (dozens of lines, Dice beside HD95)."""
+    panels: Dict[str, List[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        if parts[0] == "val" and len(parts) == 3:
+            if default and parts[2] not in DEFAULT_VAL_METRICS:
+                continue
+            title = f"val {parts[2]}"
+        elif parts[0] == "val" and default:
+            continue  # per-class values: val/<net>/class<k>/<metric>
+        else:
+            title = parts[0]
+        panels.setdefault(title, []).append(key)
+    return panels
+
+
+def training_curves(run_dir: PathLike, path: PathLike, keys: Optional[Sequence[str]] = None) -> Path:
+    """Plot training scalars: losses, learning rates, ramp weights, and validation Dice / HD95 per
+    network (`curve_panels`).
+
+    keys: which scalars to draw (default: the `curve_panels` selection, without series that stay 0,
+    such as a run's skipped-step count).
     """
     scalars = read_scalars(run_dir)
-    chosen = [k for k in (keys if keys is not None else sorted(scalars)) if k in scalars]
-    if not chosen:
+    if keys is None:
+        chosen = [k for k in sorted(scalars) if any(v != 0 for v in scalars[k][1])]
+    else:
+        chosen = [k for k in keys if k in scalars]
+    panels = curve_panels(chosen, default=keys is None)
+    if not panels:
         raise DataError(f"{run_dir}: none of the scalars {list(keys or [])} were logged; have: {sorted(scalars)}")
-    panels: Dict[str, List[str]] = {}
-    for key in chosen:
-        panels.setdefault(key.split("/")[0], []).append(key)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
-    for ax, (prefix, names) in zip(axes[0], panels.items()):
+    for ax, (title, names) in zip(axes[0], panels.items()):
         for key in names:
             steps, values = scalars[key]
             ax.plot(steps, [v if math.isfinite(v) else np.nan for v in values], label=key, linewidth=1)
-        ax.set_title(prefix)
+        ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.legend(fontsize=7)
     return _save(fig, path)
