@@ -1,19 +1,16 @@
 """benchmarks/profile_trainer.py: the trainer profile names each phase it was built to separate, and
 leaves the trainer's functions as they were (it patches them only for its run)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def profile_trainer():
-    spec = importlib.util.spec_from_file_location("profile_trainer", REPO / "benchmarks" / "profile_trainer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/profile_trainer.py")
 
 
 def test_profile_separates_the_trainer_phases(profile_trainer, tmp_path):

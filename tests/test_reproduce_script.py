@@ -1,21 +1,18 @@
 """scripts/reproduce.py: the committed results table is exactly what `table` regenerates from the
 committed run folders, and provenance carries a fingerprint of the code that ran."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/reproduce.py")
 
 
 def test_committed_results_table_is_regenerated_unchanged(reproduce, tmp_path, capsys):
