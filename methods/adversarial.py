@@ -74,7 +74,7 @@ class Adversarial(Method):
         adv = F.cross_entropy(d_out, fooled)
         weight = ramp_weight(self, step)
         seg_loss = sup + weight * adv
-        logs = {"loss/sup": float(sup.detach()), "loss/adversarial": float(adv.detach()), "weight/consistency": weight}
+        logs = {"loss/sup": sup.detach(), "loss/adversarial": adv.detach(), "weight/consistency": weight}
         return StepOutput(losses={"seg": seg_loss, "disc": lambda: self.discriminator_loss(batch)}, logs=logs)
 
     def discriminator_loss(self, batch) -> torch.Tensor:

@@ -37,5 +37,5 @@ class DeepCoTraining(Method):
         cons = rotation_consistency(logits[batch.n_labeled:].softmax(dim=1), rot_logits.softmax(dim=1), k)
         weight = ramp_weight(self, step)
         loss = sup + weight * cons
-        logs = {"loss/sup": float(sup.detach()), "loss/consistency": float(cons.detach()), "weight/consistency": weight}
+        logs = {"loss/sup": sup.detach(), "loss/consistency": cons.detach(), "weight/consistency": weight}
         return StepOutput(losses={"seg": loss}, logs=logs)

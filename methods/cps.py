@@ -42,10 +42,10 @@ class CrossPseudoSupervision(Method):
         weight = ramp_weight(self, step)
         loss = sup1 + sup2 + weight * (ps1 + ps2) + extra
         logs = {
-            "loss/sup1": float(sup1.detach()),
-            "loss/sup2": float(sup2.detach()),
-            "loss/pseudo1": float(ps1.detach()),
-            "loss/pseudo2": float(ps2.detach()),
+            "loss/sup1": sup1.detach(),
+            "loss/sup2": sup2.detach(),
+            "loss/pseudo1": ps1.detach(),
+            "loss/pseudo2": ps2.detach(),
             "weight/consistency": weight,
             **extra_logs,
         }

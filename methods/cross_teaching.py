@@ -89,4 +89,4 @@ class CrossTeaching(CrossPseudoSupervision):
 
     def extra_terms(self, logits1: torch.Tensor, logits2: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         con = self.contrast_term(logits1, logits2)
-        return self.options.contrast_weight * con, {"loss/contrast": float(con.detach())}
+        return self.options.contrast_weight * con, {"loss/contrast": con.detach()}

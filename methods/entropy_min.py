@@ -39,5 +39,5 @@ class EntropyMinimization(Method):
         ent = normalized_entropy(rows.softmax(dim=1))
         weight = ramp_weight(self, step)
         loss = sup + weight * ent
-        logs = {"loss/sup": float(sup.detach()), "loss/entropy": float(ent.detach()), "weight/consistency": weight}
+        logs = {"loss/sup": sup.detach(), "loss/entropy": ent.detach(), "weight/consistency": weight}
         return StepOutput(losses={"seg": loss}, logs=logs)

@@ -54,5 +54,5 @@ class InterpolationConsistency(TeacherMethod):
         cons = softmax_mse(logits[batch.n_labeled:].softmax(dim=1), target)
         weight = ramp_weight(self, step)
         loss = sup + weight * cons
-        logs = {"loss/sup": float(sup.detach()), "loss/consistency": float(cons.detach()), "weight/consistency": weight}
+        logs = {"loss/sup": sup.detach(), "loss/consistency": cons.detach(), "weight/consistency": weight}
         return StepOutput(losses={"seg": loss}, logs=logs)

@@ -35,5 +35,5 @@ class MeanTeacher(TeacherMethod):
         cons = softmax_mse(student_u, target)
         weight = 0.0 if step < self.options.zero_before else ramp_weight(self, step)
         loss = sup + weight * cons
-        logs = {"loss/sup": float(sup.detach()), "loss/consistency": float(cons.detach()), "weight/consistency": weight}
+        logs = {"loss/sup": sup.detach(), "loss/consistency": cons.detach(), "weight/consistency": weight}
         return StepOutput(losses={"seg": loss}, logs=logs)

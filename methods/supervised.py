@@ -19,4 +19,4 @@ class Supervised(Method):
     def training_step(self, batch, step: int) -> StepOutput:
         logits = self.modules["net1"](batch.image)
         loss = labeled_supervised(self, logits, batch)
-        return StepOutput(losses={"seg": loss}, logs={"loss/sup": float(loss.detach())})
+        return StepOutput(losses={"seg": loss}, logs={"loss/sup": loss.detach()})

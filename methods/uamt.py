@@ -70,10 +70,10 @@ class UncertaintyAwareMeanTeacher(TeacherMethod):
         weight = ramp_weight(self, step)
         loss = sup + weight * cons
         logs = {
-            "loss/sup": float(sup.detach()),
-            "loss/consistency": float(cons.detach()),
+            "loss/sup": sup.detach(),
+            "loss/consistency": cons.detach(),
             "weight/consistency": weight,
             "uamt/threshold": threshold,
-            "uamt/mask_fraction": float(mask.mean()),
+            "uamt/mask_fraction": mask.mean(),
         }
         return StepOutput(losses={"seg": loss}, logs=logs)

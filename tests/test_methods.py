@@ -99,8 +99,10 @@ def run_step(m: Method, batch: Batch, step: int = 0) -> Dict[str, torch.Tensor]:
     out = m.training_step(batch, step)
     groups = m.optimizer_groups()
     assert [g.name for g in groups] == list(out.losses), "one loss per optimizer group, in order"
-    for value in out.logs.values():
-        assert isinstance(value, float) and torch.isfinite(torch.tensor(value))
+    for value in out.logs.values():  # floats, or detached 0-dim tensors read back after the backward
+        if isinstance(value, torch.Tensor):
+            assert value.dim() == 0 and not value.requires_grad
+        assert torch.isfinite(torch.as_tensor(value))
     losses, grads = {}, {}
     for group in groups:
         opt = torch.optim.SGD(group.params, lr=0.1)

@@ -69,7 +69,8 @@ if "_test_probe" not in METHODS:
                 loss = loss * float("nan")
             if step == self.options.term_at and int(os.environ.get("RANK", "0")) == self.options.term_rank:
                 os.kill(os.getpid(), signal.SIGTERM)
-            logs = {"loss/ce": float(loss.detach()), "probe/autocast": float(torch.is_autocast_enabled("cpu"))}
+            # a tensor-valued log, read back by run_iteration after the backward, and a float one
+            logs = {"loss/ce": loss.detach(), "probe/autocast": float(torch.is_autocast_enabled("cpu"))}
             return StepOutput(losses={"seg": loss}, logs=logs, images={"probe/image": batch.image[:2].clamp(0, 1)})
 
     @METHODS.register("_test_teacher")
@@ -292,6 +293,41 @@ def test_nan_loss_stops_naming_iteration_and_keeps_checkpoint(tmp_path, phantom_
     from ssl_mamba.engine.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2  # the last good one
+
+
+def test_a_nonfinite_step_changes_no_weight_and_keeps_no_gradient():
+    """The loss is read back after its backward is queued; a NaN found there must still leave the
+    weights as they were (skip: gradients dropped; stop: raised before the optimizer step)."""
+    import copy
+
+    from ssl_mamba.engine.method import OptimizerGroup
+    from ssl_mamba.engine.step import run_iteration
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+
+    class NanMethod:  # the parts of the Method contract run_iteration uses
+        def training_step(self, batch, step):
+            loss = net(batch).sum() * float("nan")
+            return StepOutput(losses={"seg": loss}, logs={"loss/term": loss.detach(), "weight/w": 0.5})
+
+        def optimizer_groups(self):
+            return [OptimizerGroup("seg", list(net.parameters()))]
+
+        def after_step(self, step):
+            raise AssertionError("after_step ran on a non-finite step")
+
+    before = copy.deepcopy(net.state_dict())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    result = run_iteration(NanMethod(), [opt], torch.randn(4, 3), 5, torch.device("cpu"), on_nonfinite="skip")
+    assert result.skipped and "loss/term" in result.skipped and "iteration 6" in result.skipped
+    assert all(p.grad is None for p in net.parameters())
+    assert isinstance(result.logs["loss/term"], float) and result.logs["weight/w"] == 0.5
+    with pytest.raises(TrainingDiverged, match="loss/term"):
+        run_iteration(NanMethod(), [opt], torch.randn(4, 3), 6, torch.device("cpu"), on_nonfinite="stop")
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert not opt.state  # no optimizer step ever ran
 
 
 def test_nan_loss_skip_counts_and_continues(tmp_path, phantom_root):

@@ -32,7 +32,10 @@ LossOrThunk = Union[torch.Tensor, Callable[[], torch.Tensor]]
 @dataclass
 class StepOutput:
     losses: Dict[str, LossOrThunk]  # one total loss per optimizer group name
-    logs: Dict[str, float] = field(default_factory=dict)  # scalars for TensorBoard (each loss term, weights)
+    # scalars for TensorBoard (each loss term, weights): floats, or detached 0-dim tensors, which
+    # run_iteration reads back in one copy after the backward is queued (a float() here would make
+    # the host wait for the device before the backward)
+    logs: Dict[str, Union[float, torch.Tensor]] = field(default_factory=dict)
     images: Dict[str, torch.Tensor] = field(default_factory=dict)  # optional (N, C, H, W) in [0, 1] for TensorBoard
 
 

@@ -6,9 +6,13 @@
         zero grads; loss.backward(); optimizer.step()
     method.after_step(step)
 
-A non-finite loss is caught before its backward: with on_nonfinite="stop" it raises
-TrainingDiverged (naming the iteration and the loss terms); with "skip" the rest of the
-iteration (remaining groups and after_step) is skipped and the caller counts it.
+The loss is read back to the host after its backward is queued, together with the method's
+tensor-valued logs, in one copy: reading it before the backward left the GPU idle while the host
+waited and then queued the backward (one sync per log value made it worse).  A non-finite loss
+is caught there, before the optimizer step, so no weight changes: with on_nonfinite="stop" it
+raises TrainingDiverged (naming the iteration and the loss terms); with "skip" the gradients are
+dropped, the rest of the iteration (remaining groups and after_step) is skipped and the caller
+counts it.
 
 Data-parallel runs pass `sync` (a `distributed.GradSync`): each group's loss value is averaged
 over ranks before the finite check (every rank takes the same branch), and the group's
@@ -56,6 +60,17 @@ def _nonfinite_terms(logs: Dict[str, float]) -> List[str]:
     return bad
 
 
+def _read_back(loss: torch.Tensor, logs: Dict[str, object]) -> float:
+    """The loss value, with every tensor-valued entry of `logs` replaced by its float (in place),
+    from one device-to-host copy."""
+    keys = [key for key, value in logs.items() if isinstance(value, torch.Tensor)]
+    scalars = [loss.detach().float().reshape(())] + [logs[key].detach().float().reshape(()).to(loss.device)
+                                                     for key in keys]
+    values = torch.stack(scalars).tolist()
+    logs.update(zip(keys, values[1:]))
+    return values[0]
+
+
 def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
     if name not in out.losses:
         raise RuntimeError(f"training_step returned no loss for optimizer group {name!r}; got {sorted(out.losses)}")
@@ -76,9 +91,11 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
     with amp_ctx():
         out = method.training_step(batch, step)
     result = IterationResult(logs=dict(out.logs), images=dict(out.images))
-    for group, optimizer in zip(method.optimizer_groups(), optimizers):
+    for index, (group, optimizer) in enumerate(zip(method.optimizer_groups(), optimizers)):
         loss = _resolve_loss(out, group.name, amp_ctx)
-        value = float(loss.detach().float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = _read_back(loss, result.logs if index == 0 else {})
         if sync is not None:
             value = sync.mean_value(value)
         result.losses[group.name] = value
@@ -93,8 +110,6 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             return result
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if sync is not None:
             sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
         optimizer.step()
