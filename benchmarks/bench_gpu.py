@@ -573,6 +573,9 @@ def main() -> None:
             phase("model_b24_ours_bf16_tp8192",  # its plain (ungraphed) peak: can 8192 be the default?
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192)),
                   out_dir, need)
+            phase("model_b24_ours_bf16_narrow",  # narrow_buffers' plain peak (bf16 transients halved)
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], narrow_buffers=1)),
+                  out_dir, need)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
                   out_dir, need)
@@ -647,7 +650,7 @@ def summarize(shape, out_dir: Path) -> None:
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
                   "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_narrow",
-                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192",
+                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192", "ours_bf16_narrow",
                   "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
