@@ -84,3 +84,22 @@ def test_graphed_training_steps_match_eager_steps(full_fp32):
     graphed.eval()
     with torch.no_grad():
         assert graphed(x[:1]).shape == (1, 4, 64, 64)  # eval mode: plain forward, any shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_dropout_draws_a_new_mask_at_every_replay():
+    """The UNet rows train with train.cuda_graphs and the UNet has dropout: a replay must draw fresh
+    masks (a graph that froze the capture's mask would regularise nothing), at the layer's rate."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 1), torch.nn.Dropout(p=0.5)).cuda().train()
+    x = torch.ones(4, 1, 16, 16, device="cuda")
+    graphs = GraphedNetworks({"net1": net}, x, lambda: autocast_context(torch.device("cuda"), "none", cache=False))
+    masks = []
+    for _ in range(3):
+        graphs.new_iteration()
+        out = net(x)
+        out.sum().backward()
+        masks.append(out.detach() != 0)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    for mask in masks:
+        assert 0.4 < mask.float().mean().item() < 0.6  # p = 0.5 of the activations dropped
