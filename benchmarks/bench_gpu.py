@@ -355,7 +355,7 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
     net = create_model("mamba_unet", num_classes=4).cuda()
     if backend == "mamba_ssm":  # the baseline is the original path: SS2D saves its regions' insides
         for module in net.modules():
-            if hasattr(module, "recompute"):
+            if isinstance(module, ss2d_mod.SS2D):
                 module.recompute = False
     if compiled or eval_compiled:
         from ssl_mamba.models.compile import compile_blocks
@@ -382,8 +382,8 @@ def mamba_unet_training(backend: str, bf16: bool, batch: int, graphs: bool = Fal
 def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool, compiled: bool,
                  eval_compiled: bool = False, opaque_scan: bool = False) -> dict:
     t0 = time.time()
-    # what earlier phases left allocated (run v16: ~0.6 GiB after the compile phases) is not this
-    # phase's: `peak_own_gib` subtracts it, and the ratios use it
+    # what earlier phases left allocated is not this phase's: `peak_own_gib` subtracts it (the
+    # summary records both it and the absolute `peak_gib`)
     start = torch.cuda.memory_allocated()
     net, img, step = mamba_unet_training(backend, bf16, batch, graphs, compiled, eval_compiled, opaque_scan)
     step()  # the first call compiles when `compiled`; timed separately
