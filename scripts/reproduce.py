@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -180,6 +181,26 @@ def read_segments(run_dir: Path) -> List[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+_START_LINE = re.compile(r"(?:starting|resuming at iteration (\d+)) .*, device \w+ \(([^)]*)\)")
+
+
+def cards_by_segment(train_log: Path) -> List[dict]:
+    """[{"from_iteration", "card"}] from the trainer's start / resume lines in train.log.
+
+    segments.jsonl cannot name the card (see record_segment); a row resumed on another machine
+    (H100 one session, H200 the next) must not be credited to the last card alone."""
+    if not train_log.is_file():
+        return []
+    found = (_START_LINE.search(line) for line in train_log.read_text(errors="replace").splitlines())
+    return [{"from_iteration": int(m.group(1) or 0), "card": m.group(2)} for m in found if m]
+
+
+def card_label(provenance: dict) -> str:
+    """The card column: every distinct card a row trained on, in order."""
+    names = list(dict.fromkeys(seg["card"] for seg in provenance.get("cards", [])))
+    return " + ".join(names) if len(names) > 1 else str(provenance.get("card", "?"))
+
+
 def source_sha256(root: Path = REPO) -> str:
     """SHA-256 over the library's code and configs (sorted relative paths and contents).
 
@@ -231,6 +252,9 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
     if segments:
         extra["segments"] = segments
         extra["mixed_code"] = len({seg.get("source_sha256") for seg in segments}) > 1
+    cards = cards_by_segment(run_dir / "train.log")
+    if len({seg["card"] for seg in cards}) > 1:
+        extra["cards"] = cards
     atomic_write_json(dest / "provenance.json", {
         "commit": commit or summary.get("git_commit"),
         "source_sha256": source,
@@ -300,7 +324,7 @@ def provenance_table(rows: List[Path]) -> str:
         data = f"pack {p['data_pack_dtype']}" if p.get("data_pack_dtype") else "h5 files"
         if len(p.get("segments", [])) > 1:  # resumed across calls: say so, and whether the code changed
             wall += f", {len(p['segments'])} segments" + (" of different code" if p.get("mixed_code") else "")
-        lines.append(f"| {row.name} | {iters} | {p.get('card', '?')} | {wall} | {speed} | "
+        lines.append(f"| {row.name} | {iters} | {card_label(p)} | {wall} | {speed} | "
                      f"{str(p.get('commit', '?'))[:10]} | {data} |")
     return "\n".join(lines)
 

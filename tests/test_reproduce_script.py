@@ -56,9 +56,9 @@ def test_source_fingerprint_tracks_code_not_runs(reproduce, tmp_path):
 
 
 def test_provenance_table_labels_shortened_schedules(reproduce):
-    table = reproduce.provenance_table([REPO / "results" / "acdc_mt_unet_7cases",
+    table = reproduce.provenance_table([REPO / "results" / "acdc_mt_unet_3cases",
                                         REPO / "results" / "acdc_fully_mamba_unet"])
-    assert "| acdc_mt_unet_7cases | 2000 (shortened from 30000) |" in table
+    assert "| acdc_mt_unet_3cases | 2000 (shortened from 30000) |" in table
     assert "| acdc_fully_mamba_unet | 10000 |" in table
 
 
@@ -118,6 +118,29 @@ def test_a_row_resumed_by_other_code_says_so(reproduce, tmp_path, monkeypatch):
     assert prov["mixed_code"] is True
     assert (dest / reproduce.SEGMENTS).is_file()
     assert "2 segments of different code" in reproduce.provenance_table([dest])
+
+
+def test_a_row_resumed_on_another_card_names_both(reproduce, tmp_path, monkeypatch):
+    """The card of each segment comes from the trainer's start / resume lines, so a row begun on
+    an H100 and finished on an H200 is not credited to the H200 alone."""
+    run_dir = tmp_path / "runs" / "acdc_fully_unet"
+    shutil.copytree(REPO / "results" / "acdc_fully_unet", run_dir)
+    head = "2026-11-28 02:20:39,613 INFO ssl_mamba.engine.trainer: "
+    tail = ": method cps, networks ['unet'], parameters {{'net1': 1}}, device cuda ({}), 136 labeled / 1 unlabeled slices"
+    (run_dir / "train.log").write_text("\n".join([
+        head + "starting acdc_fully_unet" + tail.format("NVIDIA H100 80GB HBM3"),
+        head + "iteration 200: net1 val mean Dice 0.5 (best 0.5 at 200)",
+        head + "resuming at iteration 10588 acdc_fully_unet" + tail.format("NVIDIA H200")]) + "\n")
+    monkeypatch.setattr(reproduce, "pack_dtype", lambda root: "uint8")
+    dest = reproduce.publish(run_dir, tmp_path / "results", "abc", 10000, "1" * 64)
+    prov = json.loads((dest / "provenance.json").read_text())
+    assert prov["cards"] == [{"from_iteration": 0, "card": "NVIDIA H100 80GB HBM3"},
+                             {"from_iteration": 10588, "card": "NVIDIA H200"}]
+    assert "| NVIDIA H100 80GB HBM3 + NVIDIA H200 |" in reproduce.provenance_table([dest])
+    # one card throughout: no list, the column shows the summary's card
+    (run_dir / "train.log").write_text(head + "starting acdc_fully_unet" + tail.format("NVIDIA H200") + "\n")
+    prov = json.loads((reproduce.publish(run_dir, tmp_path / "r2", "abc", 10000, "1" * 64) / "provenance.json").read_text())
+    assert "cards" not in prov
 
 
 def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce):

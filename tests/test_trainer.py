@@ -3,6 +3,7 @@
 The first part holds the helpers test_resume.py shares (tiny config, test methods, the data
 stand-ins); `python tests/test_trainer.py CONFIG RUN_DIR` trains one run (test_resume's child).
 """
+import dataclasses
 import json
 import math
 import os
@@ -218,7 +219,9 @@ def _check_run_dir(run_dir: Path, cfg: ExperimentConfig, nets: List[str]) -> dic
     for f in RUN_FILES + [f"best_{n}.pth" for n in nets]:
         assert f in names, f"{f} missing from the run dir ({sorted(names)})"
     assert any(n.startswith("events.out.tfevents") for n in names)
-    assert load_config(run_dir / "config.yaml") == cfg
+    saved = load_config(run_dir / "config.yaml")  # equal up to the spelled-out option defaults
+    assert dataclasses.replace(saved, method=cfg.method) == cfg
+    assert saved.method.options == dataclasses.asdict(ProbeOptions(**cfg.method.options))
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, cfg.train.max_iterations + 1))
     for n in nets:
@@ -226,6 +229,21 @@ def _check_run_dir(run_dir: Path, cfg: ExperimentConfig, nets: List[str]) -> dic
         assert val_steps == [2, 4], "validation every train.val_every iterations and at the end"
     assert "iteration" in (run_dir / "train.log").read_text()
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_run_config_spells_out_every_method_option(tmp_path, phantom_root):
+    """config.yaml records the defaults too, so a resumed or re-run folder trains as it began even
+    after a release changes a default (mean teacher's teacher_mode did)."""
+    import methods  # noqa: F401 - registers mean_teacher
+    from methods.mean_teacher import MeanTeacherOptions
+
+    cfg = tiny_config(phantom_root, method="mean_teacher", labeled_batch_size=2, options={"noise_std": 0.05},
+                      max_iterations=1, val_every=1, checkpoint_every=1)
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.method.options == dataclasses.asdict(MeanTeacherOptions(noise_std=0.05))
+    assert saved.method.options["teacher_mode"] == "train"
+    assert dataclasses.replace(saved, method=cfg.method) == cfg
 
 
 @pytest.mark.parametrize("nets", [["test_unet"], ["test_unet", "test_unet"]])

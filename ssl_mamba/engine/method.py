@@ -74,6 +74,12 @@ class Method:
         # Everything whose state is checkpointed lives here (students, teachers, discriminators).
         self.modules = nn.ModuleDict({f"net{i + 1}": net for i, net in enumerate(networks)})
 
+    def resolved_config(self) -> ExperimentConfig:
+        """The config with every method option spelled out, defaults included: a run directory's
+        config.yaml must train the same way after a later release changes a default."""
+        method = dataclasses.replace(self.cfg.method, options=dataclasses.asdict(self.options))
+        return dataclasses.replace(self.cfg, method=method)
+
     # ---- to override ------------------------------------------------------------------------
     def training_step(self, batch, step: int) -> StepOutput:
         raise NotImplementedError

@@ -355,7 +355,7 @@ class Trainer:
             resume_step = self.iteration
         else:
             if main:
-                save_config(self.cfg, self.run_dir / "config.yaml")
+                save_config(self.method.resolved_config(), self.run_dir / "config.yaml")
                 atomic_write_json(self.run_dir / "split.json", self.split.to_dict())
             self._apply_lr()
         self.logger = RunLogger(self.run_dir, resume_step) if main else None
