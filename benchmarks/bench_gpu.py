@@ -43,7 +43,9 @@ _RUN = {"t0": time.time(), "budget": 480.0, "tag": ""}
 # The shipped default first, as the control of the sweep; the model runs use the sweep's fastest
 # correct config (segments stay automatic).
 DEFAULT = dict(block_d=32, fwd_warps=1, bwd_warps=1, chunk=64, stages=4, atomic_merge=False, segments=0,
-               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=4096)
+               vector_steps=4, bwd_block_d=0, bwd_maxnreg=0, bwd_programs=0, target_programs=8192, narrow_buffers=1)
+# The defaults up to v16 (4096 programs, fp32 direction buffers): the A/B control of the v17 defaults.
+V16_TILES = dict(target_programs=4096, narrow_buffers=0)
 # The persistent backward (train.low_memory_scan) against one program per work item (NOTES-gpu.md,
 # fourth session); the model runs time both as well (model_b24_ours_bf16_lowmem).
 SWEEP = [DEFAULT,  # in priority order: the time box drops the tail
@@ -62,7 +64,8 @@ def time_left() -> float:
 def cfg_key(cfg: dict) -> str:
     return (f"d{cfg['block_d']}_w{cfg['fwd_warps']}{cfg['bwd_warps']}_c{cfg['chunk']}_s{cfg['stages']}"
             f"_at{int(cfg['atomic_merge'])}_seg{cfg['segments']}_v{cfg['vector_steps']}"
-            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}")
+            f"_bd{cfg['bwd_block_d']}_nreg{cfg['bwd_maxnreg']}_bp{cfg['bwd_programs']}_tp{cfg['target_programs']}"
+            f"_nb{int(cfg.get('narrow_buffers', 0))}")
 
 
 def save(out_dir: Path) -> None:
@@ -567,14 +570,11 @@ def main() -> None:
             phase("model_b24_ours_bf16_graphs_tp2048",  # fewer automatic segments (fewer pre-pass steps)
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=2048),
                                       graphs=True), out_dir, need)
-            phase("model_b24_ours_bf16_graphs_tp8192",  # more segments (more programs, more pre-pass)
-                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192),
+            phase("model_b24_ours_bf16_graphs_v16tiles",  # the defaults up to v16, graphed
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], **V16_TILES),
                                       graphs=True), out_dir, need)
-            phase("model_b24_ours_bf16_tp8192",  # its plain (ungraphed) peak: can 8192 be the default?
-                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], target_programs=8192)),
-                  out_dir, need)
-            phase("model_b24_ours_bf16_narrow",  # narrow_buffers' plain peak (bf16 transients halved)
-                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], narrow_buffers=1)),
+            phase("model_b24_ours_bf16_v16tiles",  # their plain peak, against the v17 defaults' own peak
+                  lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], **V16_TILES)),
                   out_dir, need)
             phase("model_b24_ours_bf16_lowmem",  # train.low_memory_scan: the persistent backward
                   lambda: model_bench("triton", True, 24, cfg=dict(RESULTS["tile_config"], bwd_programs=-1)),
@@ -605,10 +605,8 @@ def compile_phases(out_dir: Path) -> None:
 
     compiled_phase("model_b24_ours_bf16_compile_graphs", 150, graphs=True)  # the first compile: ~110-120 s
     compiled_phase("model_b24_ours_bf16_compile_graphs_opaque", 60, graphs=True, opaque_scan=True)  # A/B: v16's path
-    compiled_phase("model_b24_ours_bf16_compile_graphs_narrow", 40, graphs=True,  # bf16 direction buffers
-                   cfg=dict(RESULTS["tile_config"], narrow_buffers=1))
-    compiled_phase("model_b24_ours_bf16_compile_graphs_tp8192", 40, graphs=True,
-                   cfg=dict(RESULTS["tile_config"], target_programs=8192))
+    compiled_phase("model_b24_ours_bf16_compile_graphs_v16tiles", 40, graphs=True,  # A/B: the v16 defaults
+                   cfg=dict(RESULTS["tile_config"], **V16_TILES))
     phase("profile_b24_ours_bf16_compile_graphs",  # where the fastest step's kernel time goes
           lambda: profile_step(True, graphs=True, compiled=True, top=40), out_dir, 60 + AFTER_COMPILE_S)
     compiled_phase("model_b24_ours_bf16_compile_graphs_evalcompile", 130, graphs=True,  # inference: eval.compile
@@ -617,9 +615,6 @@ def compile_phases(out_dir: Path) -> None:
           lambda: model_bench("triton", True, 16, compiled=True, graphs=True), out_dir, 60 + AFTER_COMPILE_S)
     phase("cross_teaching_b16_ours_bf16_compile_graphs",
           lambda: method_step_bench(bf16=True, graphs=True, compiled=True), out_dir, 60 + AFTER_COMPILE_S)
-    phase("profile_b24_ours_bf16_compile_graphs_tp8192",
-          lambda: profile_step(True, graphs=True, compiled=True, top=40,
-                               cfg=dict(RESULTS["tile_config"], target_programs=8192)), out_dir, 60 + AFTER_COMPILE_S)
     compiled_phase("model_b24_ours_bf16_compile", 150)  # without graphs: slower than eager (host-bound)
 
 
@@ -648,9 +643,8 @@ def summarize(shape, out_dir: Path) -> None:
     for batch in (24, 16):
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
-                  "ours_bf16_graphs_tp8192", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_narrow",
-                  "ours_bf16_compile_graphs_tp8192", "ours_bf16_tp8192", "ours_bf16_narrow",
+                  "ours_bf16_graphs_v16tiles", "ours_bf16_compile", "ours_bf16_compile_graphs",
+                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_v16tiles", "ours_bf16_v16tiles",
                   "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
@@ -680,8 +674,7 @@ def summarize(shape, out_dir: Path) -> None:
     for key in ("op_triton_fp32", "op_triton_bf16", "op_kernels_fp32", "op_mamba_ssm_fp32"):
         print(f"op {key:31s} {json.dumps(r.get(key), default=str)[:150]}")
     print("correctness", json.dumps(r.get("correctness"))[:600])
-    for key in ("profile_b24_ours_fp32", "profile_b24_ours_bf16", "profile_b24_ours_bf16_compile_graphs",
-                "profile_b24_ours_bf16_compile_graphs_tp8192"):
+    for key in ("profile_b24_ours_fp32", "profile_b24_ours_bf16", "profile_b24_ours_bf16_compile_graphs"):
         prof = r.get(key, {})
         if "top" in prof:
             print(f"{key}: {prof['total_ms_per_step']} ms of kernels per step")

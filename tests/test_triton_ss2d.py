@@ -120,7 +120,7 @@ SCRIPT = PRELUDE + textwrap.dedent('''
     out["bf16"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
     # narrow_buffers: bf16 per-direction buffers and d x_dbl partials under bf16 inputs, ignored in fp32
     import ssl_mamba.ops.triton_ss2d as T
-    set_block_config(atomic_merge=False)  # per-direction buffers (the atomics' sum stays fp32)
+    set_block_config(atomic_merge=False, narrow_buffers=False)  # fp32 per-direction buffers
     out["bf16_buffers"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)
     set_block_config(narrow_buffers=True)
     out["bf16_narrow"] = errors(ss2d_scan_triton, ins, gy, torch.bfloat16)

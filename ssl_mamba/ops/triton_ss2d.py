@@ -70,11 +70,12 @@ K_DIRECTIONS = 4
 # atomic_merge: sum the four directions' y (and dx) with fp32 atomics instead of per-direction
 #   buffers summed by torch.
 # segments: pieces of the sequence scanned in parallel (0: automatic, aiming at target_programs).
-# target_programs: programs per launch the automatic segment count aims at (4096: ~8 one-warp
+# target_programs: programs per launch the automatic segment count aims at (8192: ~16 one-warp
 #   programs per scheduler on a 132-SM H100/H200).  Each segment but the last costs a pre-pass over
 #   its steps.  Measured at the model level (b24 bf16 + graphs, benchmarks/RESULTS.md): 2048 slower
-#   (H200: 64.4 vs 60.1 ms), 8192 faster (H200: 59.3 vs 60.3; H100 with compile: 57.2 vs 58.3) but
-#   reserving more (H100 plain bf16: 8.1 instead of 5.7 GiB before SS2D's recompute).
+#   than 4096 (H200: 64.4 vs 60.1 ms), 8192 faster (H200: 59.3 vs 60.3; H100 with compile: 57.2 vs
+#   58.3; H200 v17 with compile: 52.0 vs 53.1), its own plain bf16 peak 3.63 instead of 3.20 GiB at
+#   b24 (v17: 35% of the baseline's 10.25), so 8192 is the default since v17.
 # vector_steps: steps per iteration of the forward and pre-pass loops (their inputs, softplus and dt
 #   projection as (T, channels) tiles); 4 was the fastest of 2 / 4 / 8 in the H200 sweep of v7
 #   (benchmarks/NOTES-gpu.md), though by less than the run-to-run spread.
@@ -93,12 +94,14 @@ K_DIRECTIONS = 4
 # narrow_buffers: with bf16 inputs, write the per-direction y / dx buffers (not with atomic_merge)
 #   and the d x_dbl partials in bf16 instead of fp32, halving their write and re-read (at the first
 #   stage at batch 24: 231 MB for y4 or dx4 and 275 MB of partials in fp32); the sums over them still
-#   accumulate in fp32.  Not measured yet, so off by default.
+#   accumulate in fp32.  H200 v17, b24 bf16: compiled + graphed step 52.3 instead of 53.1 ms, own
+#   plain peak 2.97 instead of 3.20 GiB; within the bf16 tolerance of the interpreter tests; on by
+#   default since v17 (the two v17 defaults were timed one at a time, not together).
 # (A variant that took the dt projection's backward out of the kernel into two GEMMs, dt_gemm, was
 #   measured 45% slower in the backward on an H100 and removed; it is commit 8b8c58b.)
 _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages": 4, "atomic_merge": 0,
            "segments": 0, "vector_steps": 4, "bwd_block_d": 0, "bwd_maxnreg": 0, "bwd_programs": 0,
-           "target_programs": 4096, "narrow_buffers": 0}
+           "target_programs": 8192, "narrow_buffers": 1}
 _BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
 
 
