@@ -545,7 +545,7 @@ def main() -> None:
     gy = torch.randn(*shape[:4], device="cuda")
     if not args.no_sweep:
         phase("tile_sweep_fp32", lambda: sweep_tiles(ins, gy), out_dir)
-    RESULTS["tile_config"] = dict(triton_ss2d._CONFIG)
+    RESULTS["tile_config"] = triton_ss2d.block_config()
     phase("correctness_best", check_correctness, out_dir)
     phase("op_triton_fp32", lambda: op_bench("triton", torch.float32, ins, gy), out_dir)
     phase("op_triton_bf16", lambda: op_bench("triton", torch.bfloat16, ins, gy), out_dir)

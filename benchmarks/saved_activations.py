@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_mamba.layers import ss2d as ss2d_layer  # noqa: E402
 from ssl_mamba.models import create_model  # noqa: E402
-from ssl_mamba.ops.triton_ss2d import _CONFIG  # noqa: E402
+from ssl_mamba.ops.triton_ss2d import block_config  # noqa: E402
 from ssl_mamba.utils.saved_tensors import SavedTensorTally  # noqa: E402
 
 
@@ -31,7 +31,7 @@ class _TritonSavedSet(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_dbl, n_state):
         b, h, w, d = x.shape
-        chunks = -(-(h * w) // _CONFIG["chunk"])
+        chunks = -(-(h * w) // block_config()["chunk"])
         hs = torch.empty(b * 4, chunks, n_state, d, dtype=torch.float32)
         ctx.save_for_backward(x, x_dbl, hs)
         return x.float()

@@ -439,12 +439,12 @@ def test_set_low_memory_scan_switches_the_triton_backward_to_its_persistent_grid
     triton_ss2d = pytest.importorskip("ssl_mamba.ops.triton_ss2d")
     if triton_ss2d.triton is None:
         pytest.skip("triton is not installed")
-    before = dict(triton_ss2d._CONFIG)
+    before = triton_ss2d.block_config()
     try:
         set_low_memory_scan(True)
-        assert triton_ss2d._CONFIG["bwd_programs"] == -1
+        assert triton_ss2d.block_config()["bwd_programs"] == -1
         set_low_memory_scan(False)
-        assert triton_ss2d._CONFIG["bwd_programs"] == 0
+        assert triton_ss2d.block_config()["bwd_programs"] == 0
     finally:
         triton_ss2d.set_block_config(**before)
 

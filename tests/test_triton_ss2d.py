@@ -251,10 +251,10 @@ def test_mamba_unet_with_triton_scan_matches_torch_reference(tmp_path):
 def test_bad_block_config_is_refused_and_leaves_the_config_alone(bad):
     from ssl_mamba.errors import UserError
     from ssl_mamba.ops import triton_ss2d
-    before = dict(triton_ss2d._CONFIG)
+    before = triton_ss2d.block_config()
     with pytest.raises(UserError, match=next(iter(bad))):
         triton_ss2d.set_block_config(**bad)
-    assert triton_ss2d._CONFIG == before
+    assert triton_ss2d.block_config() == before
 
 
 def test_backward_launch_plan_has_its_own_channel_blocks_and_register_cap():

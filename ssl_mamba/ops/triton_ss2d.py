@@ -105,6 +105,11 @@ _CONFIG = {"block_d": 32, "fwd_warps": 1, "bwd_warps": 1, "chunk": 64, "stages":
 _BWD_PROGRAMS_PER_SM = 8  # one-warp backward programs resident per SM at its 255 registers (sm_90)
 
 
+def block_config() -> dict:
+    """A copy of the kernels' current tunables (see the comments above `_CONFIG`)."""
+    return dict(_CONFIG)
+
+
 def set_block_config(block_d: Optional[int] = None, fwd_warps: Optional[int] = None,
                      bwd_warps: Optional[int] = None, chunk: Optional[int] = None,
                      stages: Optional[int] = None, atomic_merge: Optional[bool] = None,
