@@ -156,6 +156,19 @@ def test_after_step_moves_the_teacher_to_the_student(method):
     assert set(m.students()) == {"net1"}
 
 
+@pytest.mark.parametrize("method", ["mean_teacher", "uamt", "ict"])
+@pytest.mark.parametrize("mode", [None, "eval"])
+def test_teacher_runs_in_the_configured_mode_and_the_student_stays_in_training(method, mode):
+    """The teacher runs in train mode by default (dropout on: MT's perturbed targets, UA-MT's
+    Monte-Carlo uncertainty); `teacher_mode: eval` switches it off for the teacher only."""
+    m = build(method, ["test_unet"], {"teacher_mode": mode} if mode else None)
+    seen = []
+    m.modules["ema1"].register_forward_pre_hook(lambda net, args: seen.append(net.training))
+    run_step(m, make_batch(), step=0)
+    assert seen and all(training == (mode is None) for training in seen), seen
+    assert m.modules["net1"].training and m.modules["ema1"].training, "both are back in train mode"
+
+
 @pytest.mark.parametrize("method", ["ict", "adversarial"])
 def test_unlabeled_count_different_from_labeled_batch(method):
     spatial = DISC_SIZE if method == "adversarial" else SIZE
