@@ -85,7 +85,7 @@ class TeacherOptions:
         BatchNorm uses batch statistics, so its targets are perturbed like the student's, which
         Mean Teacher asks for and UA-MT's Monte-Carlo-dropout uncertainty needs) or "eval"
         (dropout off, BN running statistics).  On ACDC (7 cases, 30k iterations) "eval" made the
-        student's validation Dice fall from 0.783 at 8k to 0.72, "train" held 0.78-0.80
+        student's validation Dice fall from 0.783 at 8k to 0.71, "train" held 0.77-0.80
         (results/README.md).
     average_buffers: EMA the BN buffers too (default); false leaves them as at creation, as the
         originals (the buffers only matter when the teacher runs in "eval" mode).

@@ -1,6 +1,7 @@
 """Every supervision strategy on tiny backbones, run through the trainer's step contract, and
 every experiment YAML under configs/."""
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Dict, List
 
@@ -10,7 +11,7 @@ from torch import nn
 
 import methods  # noqa: F401  (registers every method)
 import methods.adversarial as adversarial_module
-from ssl_mamba.config import ExperimentConfig, load_config
+from ssl_mamba.config import ExperimentConfig, load_config, save_config
 from ssl_mamba.data.batch import Batch
 from ssl_mamba.engine.method import METHODS, Method
 from ssl_mamba.errors import ConfigError, UserError
@@ -154,6 +155,17 @@ def test_after_step_moves_the_teacher_to_the_student(method):
     assert any(not torch.equal(v, m.modules["ema1"].state_dict()[k]) for k, v in start.items())
     assert all(not p.requires_grad for p in m.modules["ema1"].parameters())
     assert set(m.students()) == {"net1"}
+
+
+@pytest.mark.parametrize("method, nets", CASES[1:], ids=[m for m, _ in CASES[1:]])
+def test_resolved_config_spells_out_every_option_and_survives_yaml(method, nets, tmp_path):
+    """What the trainer writes as config.yaml: every option with its value, in plain YAML types,
+    reading back to the same options (a tuple-typed option would break yaml.safe_dump)."""
+    m = build(method, nets)
+    save_config(m.resolved_config(), tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.method.options == dataclasses.asdict(m.options)
+    assert METHODS.get(method)(again, [make_net(n) for n in nets]).options == m.options
 
 
 @pytest.mark.parametrize("method", ["mean_teacher", "uamt", "ict"])
