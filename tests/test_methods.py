@@ -160,7 +160,7 @@ def test_after_step_moves_the_teacher_to_the_student(method):
 @pytest.mark.parametrize("method, nets", CASES[1:], ids=[m for m, _ in CASES[1:]])
 def test_resolved_config_spells_out_every_option_and_survives_yaml(method, nets, tmp_path):
     """What the trainer writes as config.yaml: every option with its value, in plain YAML types,
-    reading back to the same options (a tuple-typed option would break yaml.safe_dump)."""
+    reading back to the same options (a tuple-typed option would come back as a list)."""
     m = build(method, nets)
     save_config(m.resolved_config(), tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
