@@ -178,6 +178,27 @@ def table(run_dirs, fmt, compare, split, out) -> None:
         atomic_write_text(Path(out), text + "\n")
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--key", default="val/net1/dice", show_default=True, help="The logged scalar to draw.")
+@click.option("--label", "labels", multiple=True, help="Legend label per run, in order (default: folder names).")
+@click.option("--from", "start", default=0, show_default=True, help="Leave out the iterations before this one.")
+@click.option("-o", "--out", required=True, help="PNG file to write.")
+def curves(run_dirs, key, labels, start, out) -> None:
+    """Draw one logged scalar of several runs on one axis (compare methods, seeds or settings)."""
+    from .metrics.figures import compare_curves
+
+    missing = [d for d in run_dirs if not Path(d).is_dir()]
+    if missing:
+        raise UserError(f"run directory not found: {missing[0]}")
+    if labels and len(labels) != len(run_dirs):
+        raise UserError(f"--label given {len(labels)} times for {len(run_dirs)} runs; give one per run or none")
+    names = list(labels) or [Path(d).name for d in run_dirs]
+    if len(set(names)) != len(names):
+        raise UserError(f"two runs share the legend label {names}; name them with --label")
+    click.echo(compare_curves(dict(zip(names, run_dirs)), Path(out), key=key, start=start))
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ssl_mamba.cli import main
 
-COMMANDS = [[], ["info"], ["train"], ["evaluate"], ["table"], ["demo"], ["data"], ["data", "info"],
+COMMANDS = [[], ["info"], ["train"], ["evaluate"], ["table"], ["curves"], ["demo"], ["data"], ["data", "info"],
             ["data", "pack"], ["data", "phantom"]]
 
 
@@ -103,3 +103,18 @@ def test_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
     proc = subprocess.run(cmd[:3] + cmd[4:], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope.yaml" in proc.stderr
+
+
+def test_curves_draws_runs_and_rejects_unmatched_labels(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "\n".join(json.dumps({"step": s, "val/net1/dice": s / 10}) for s in (1, 2, 3)) + "\n")
+    out = tmp_path / "cmp.png"
+    result = invoke("curves", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out))
+    assert result.exit_code == 0 and out.stat().st_size > 0, result.output
+    assert_one_line_error(invoke("curves", str(tmp_path / "a"), str(tmp_path / "b"), "--label", "only one",
+                                 "-o", str(out)), "--label given 1 times for 2 runs")
+    assert_one_line_error(invoke("curves", str(tmp_path / "a"), "--key", "val/net1/hd95", "-o", str(out)),
+                          "no scalar 'val/net1/hd95'")
+    assert_one_line_error(invoke("curves", str(tmp_path / "nope"), "-o", str(out)), "run directory not found")

@@ -219,3 +219,22 @@ def test_every_acdc_experiment_config_has_its_paper_row():
         if not find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases):
             unmatched.append(path.name)
     assert not unmatched, f"no paper row for: {unmatched}"
+
+
+def _run_with(path, key, values, start=200):
+    path.mkdir(parents=True)
+    lines = [json.dumps({"step": start * (i + 1), key: v}) for i, v in enumerate(values)]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_compare_curves_draws_each_run_and_names_a_run_without_the_key(tmp_path):
+    a = _run_with(tmp_path / "a", "val/net1/dice", [0.5, 0.8, 0.7])
+    b = _run_with(tmp_path / "b", "val/net1/dice", [0.4, 0.6, float("nan")])
+    assert_png(figures.compare_curves({"A": a, "B": b}, tmp_path / "cmp.png"))
+    assert_png(figures.compare_curves({"A": a}, tmp_path / "late.png", start=400))
+    with pytest.raises(DataError, match="no .* value at or after iteration 10000"):
+        figures.compare_curves({"A": a}, tmp_path / "x.png", start=10000)
+    c = _run_with(tmp_path / "c", "loss/total", [1.0, 0.5])
+    with pytest.raises(DataError, match=r"c: no scalar 'val/net1/dice' logged; it has \['loss/total'\]"):
+        figures.compare_curves({"A": a, "C": c}, tmp_path / "y.png")

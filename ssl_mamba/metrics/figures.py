@@ -3,6 +3,8 @@
 - `dice_histogram`: the per-image Dice histogram of the Mamba-UNet paper's Fig. 6;
 - `overlay_figure` / `overlay_panels`: image, ground truth and prediction of a few test slices,
   one fixed colour per class (`CLASS_COLOURS`);
+- `compare_curves`: one scalar (e.g. "val/net1/dice") of several runs on one axis, to compare
+  methods, seeds or settings;
 - `training_curves`: losses and validation metrics of a run, read by `read_scalars` from the
   trainer's `metrics.jsonl` (one JSON object per line with "step" and scalar keys such as
   "loss/total" or "val/net1/dice") or, when that file is absent, from the TensorBoard event files.
@@ -226,4 +228,36 @@ def training_curves(run_dir: PathLike, path: PathLike, keys: Optional[Sequence[s
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def compare_curves(runs: Dict[str, PathLike], path: PathLike, key: str = "val/net1/dice",
+                   title: Optional[str] = None, start: int = 0) -> Path:
+    """Draw scalar `key` of each run ({legend label: run directory}) on one axis, with each run's
+    best value marked (max, or min for distances such as HD95 / ASD).  `start`: leave out the
+    iterations before it (the first rise hides the differences that matter later).  A run without
+    `key` is a DataError naming the run and the keys it does have."""
+    if not runs:
+        raise DataError("compare_curves: no runs given")
+    lower_is_better = key.rsplit("/", 1)[-1] in ("hd95", "asd") or key.startswith("loss")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, run_dir in runs.items():
+        scalars = read_scalars(run_dir)
+        if key not in scalars:
+            raise DataError(f"{run_dir}: no scalar {key!r} logged; it has {sorted(scalars)}")
+        kept = [(step, v) for step, v in zip(*scalars[key]) if step >= start]
+        if not kept:
+            raise DataError(f"{run_dir}: no {key!r} value at or after iteration {start}")
+        steps = [step for step, _ in kept]
+        values = [v if math.isfinite(v) else np.nan for _, v in kept]
+        (line,) = ax.plot(steps, values, label=label, linewidth=1.2)
+        best = int(np.nanargmin(values) if lower_is_better else np.nanargmax(values))
+        ax.plot([steps[best]], [values[best]], "o", color=line.get_color(), markersize=4)
+        ax.annotate(f"{values[best]:.3f}", (steps[best], values[best]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3), color=line.get_color())
+    ax.set_title(title or key)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(key)
+    ax.legend(fontsize=8)
     return _save(fig, path)
