@@ -4,6 +4,7 @@
         --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--seeds 1337 2 3] [--commit HASH]
     python scripts/reproduce.py run CONFIGS --jobs 4 --gpus 2   # two rows per GPU of a 2-GPU machine
     python scripts/reproduce.py table            # rewrites the table in results/README.md
+    python scripts/reproduce.py collect fetched/runs/published/*   # rows published on the GPU machine
 
 `run` trains each row (`ssl-mamba train`, resuming a row whose run directory already has a
 checkpoint, so a run cut off by a time limit continues exactly), evaluates it on the test split
@@ -329,12 +330,49 @@ def provenance_table(rows: List[Path]) -> str:
     return "\n".join(lines)
 
 
+PUBLISHED_FILES = ["provenance.json", "summary.json", "config.yaml", "split.json", "train.log",
+                   "metrics/test/summary.json", "metrics/test/per_case.csv"]
+
+
+def check_published_row(row: Path) -> None:
+    """A folder `run` published on another machine is complete before it replaces a committed row:
+    SystemExit naming the folder and the first missing file otherwise."""
+    missing = [name for name in PUBLISHED_FILES if not (row / name).is_file()]
+    if not (row / METRICS_GZ).is_file() and not (row / METRICS).is_file():
+        missing.append(METRICS_GZ)
+    if missing:
+        raise SystemExit(f"{row}: not a complete published row (missing {', '.join(missing)}); nothing was copied")
+    provenance = json.loads((row / "provenance.json").read_text())
+    for key in ("commit", "source_sha256", "card", "iterations"):
+        if not provenance.get(key):
+            raise SystemExit(f"{row / 'provenance.json'}: no {key!r}; nothing was copied")
+
+
+def command_collect(args: argparse.Namespace) -> None:
+    """Copy rows published elsewhere (`run --results runs/published` on the GPU machine, fetched
+    back) over their folders in results/, each replaced whole, then regenerate the table."""
+    results = Path(args.results)
+    rows = [Path(r) for r in args.rows]
+    for row in rows:  # every row is checked before any is copied
+        check_published_row(row)
+    for row in rows:
+        dest = results / row.name
+        staged = results / f".{row.name}.collecting"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(row, staged)
+        shutil.rmtree(dest, ignore_errors=True)
+        staged.rename(dest)  # the old folder is gone only once the new one is complete
+        print(f"collected {row} -> {dest}")
+    command_table(args)
+
+
 def command_table(args: argparse.Namespace) -> None:
     from ssl_mamba.metrics.table import build_table
     from ssl_mamba.utils.io import atomic_write_text
 
     results = Path(args.results)
-    rows = sorted(p for p in results.iterdir() if (p / "metrics" / "test" / "summary.json").is_file())
+    rows = sorted(p for p in results.iterdir()  # (a ".<row>.collecting" folder is a copy in progress)
+                  if not p.name.startswith(".") and (p / "metrics" / "test" / "summary.json").is_file())
     if not rows:
         raise SystemExit(f"no evaluated runs under {results}")
     table = build_table(rows, fmt="markdown", compare="paper", split="test") + "\n\n" + provenance_table(rows)
@@ -365,11 +403,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--runs", default="runs/reproduce")
     run.add_argument("--results", default=str(REPO / "results"))
     run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")
+    collect = sub.add_parser("collect", help="copy published rows (fetched from the GPU machine) into results/ "
+                                             "and regenerate the table")
+    collect.add_argument("rows", nargs="+", help="published row folders, e.g. fetched/runs/published/*")
+    collect.add_argument("--results", default=str(REPO / "results"))
     table = sub.add_parser("table", help="regenerate results/README.md's table from results/*/")
     table.add_argument("--results", default=str(REPO / "results"))
     sub.add_parser("source-hash", help="print the fingerprint of this checkout's code (provenance source_sha256)")
     args = parser.parse_args(argv)
-    commands = {"run": command_run, "table": command_table,
+    commands = {"run": command_run, "collect": command_collect, "table": command_table,
                 "source-hash": lambda _: print(source_sha256())}
     commands[args.command](args)
 

@@ -143,6 +143,27 @@ def test_a_row_resumed_on_another_card_names_both(reproduce, tmp_path, monkeypat
     assert "cards" not in prov
 
 
+def test_collect_replaces_rows_whole_and_refuses_an_incomplete_one(reproduce, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    fetched = tmp_path / "fetched"
+    row = fetched / "acdc_mt_unet_3cases"
+    shutil.copytree(REPO / "results" / "acdc_mt_unet_7cases", row)  # a 30k row standing in for a new 3-case one
+    (results / "acdc_mt_unet_3cases" / "stale.txt").write_text("from the old row\n")
+    broken = fetched / "acdc_cps_unet_7cases"
+    shutil.copytree(REPO / "results" / "acdc_cps_unet_7cases", broken)
+    (broken / "metrics" / "test" / "per_case.csv").unlink()
+    with pytest.raises(SystemExit, match="acdc_cps_unet_7cases: not a complete published row .*per_case.csv"):
+        reproduce.main(["collect", str(row), str(broken), "--results", str(results)])
+    assert (results / "acdc_mt_unet_3cases" / "stale.txt").is_file(), "nothing is copied when one row is bad"
+    reproduce.main(["collect", str(row), "--results", str(results)])
+    capsys.readouterr()
+    assert not (results / "acdc_mt_unet_3cases" / "stale.txt").exists(), "the row is replaced whole"
+    assert (results / "acdc_mt_unet_3cases" / "provenance.json").read_text() == (row / "provenance.json").read_text()
+    assert "| acdc_mt_unet_3cases | 30000 |" in (results / "README.md").read_text()
+    assert not list(results.glob(".*.collecting"))
+
+
 def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce):
     slots = reproduce.GpuSlots(2)
     with slots.take() as a, slots.take() as b, slots.take() as c:
