@@ -609,6 +609,8 @@ def compile_phases(out_dir: Path) -> None:
                    cfg=dict(RESULTS["tile_config"], **V16_TILES))
     phase("profile_b24_ours_bf16_compile_graphs",  # where the fastest step's kernel time goes
           lambda: profile_step(True, graphs=True, compiled=True, top=40), out_dir, 60 + AFTER_COMPILE_S)
+    compiled_phase("model_b24_ours_bf16_compile_graphs_tp16384", 40, graphs=True,  # does the 4096 -> 8192
+                   cfg=dict(RESULTS["tile_config"], target_programs=16384))      # trend go on?
     compiled_phase("model_b24_ours_bf16_compile_graphs_evalcompile", 130, graphs=True,  # inference: eval.compile
                    eval_compiled=True)
     phase("model_b16_ours_bf16_compile_graphs",
@@ -644,7 +646,8 @@ def summarize(shape, out_dir: Path) -> None:
         base = r.get(f"model_b{batch}_baseline_fp32", {})
         for v in ("baseline_fp32", "ours_fp32", "ours_bf16", "ours_bf16_graphs", "ours_bf16_graphs_tp2048",
                   "ours_bf16_graphs_v16tiles", "ours_bf16_compile", "ours_bf16_compile_graphs",
-                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_v16tiles", "ours_bf16_v16tiles",
+                  "ours_bf16_compile_graphs_opaque", "ours_bf16_compile_graphs_v16tiles",
+                  "ours_bf16_compile_graphs_tp16384", "ours_bf16_v16tiles",
                   "ours_bf16_compile_graphs_evalcompile", "ours_bf16_lowmem", "ours_fp32_graphs",
                   "ours_fp32_seg1", "torchref_fp32"):
             m = r.get(f"model_b{batch}_{v}")
