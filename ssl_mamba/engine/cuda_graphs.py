@@ -8,7 +8,10 @@ ordinary PyTorch.
 
 The contract, checked on every call: in training mode a graphed network is called at most once
 per iteration, with a tensor of the captured shape and dtype (a second call would overwrite the
-first call's saved activations).  Calls in eval mode (validation, inference) run the plain forward.
+first call's saved activations; and since the graph's static gradient buffers become the
+parameters' .grad when .grad is None, a second backward before the optimizer step would overwrite
+the first one's gradients instead of adding to them, pytorch/pytorch#181723).  The trainer sets
+.grad to None before each group's backward, so one replay per iteration accumulates nothing.  Calls in eval mode (validation, inference) run the plain forward.
 Capturing runs a few warm-up passes on the first batch; the networks' buffers (BatchNorm
 statistics) and the RNG states are put back afterwards, so the capture changes neither.
 """
