@@ -277,6 +277,10 @@ def test_every_method_module_is_registered_and_has_a_docstring():
     assert METHODS.get("supervised").needs_unlabeled is False
 
 
+# dataset folder of configs/ -> (classes, the papers' labeled-case counts)
+DATASET_PROTOCOL = {"acdc": (4, (3, 7)), "promise12": (2, (8, 12)), "synapse": (9, ())}
+
+
 def test_configs_exist_for_every_paper_row():
     names = {p.stem for p in EXPERIMENTS}
     assert {"fully_unet", "fully_swin_unet", "fully_mamba_unet", "cps_unet_7cases", "cps_swin_unet_7cases"} <= names
@@ -286,6 +290,20 @@ def test_configs_exist_for_every_paper_row():
             assert {f"{prefix}_unet_{cases}cases", f"{prefix}_swin_unet_{cases}cases"} <= names
         for pair in ("2x_swin", "2x_mamba", "unet_swin", "unet_mamba"):
             assert f"ablation_{pair}_{cases}cases" in names
+    others = {(p.parent.name, p.stem) for p in EXPERIMENTS if p.parent.name != "acdc"}
+    assert {("synapse", f"fully_{net}") for net in ("unet", "swin_unet", "mamba_unet")} <= others
+    assert {("promise12", "semi_mamba_unet_8cases"), ("promise12", "semi_mamba_unet_12cases")} <= others
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name != "acdc"],
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_promise12_and_synapse_rows_meet_their_paper_rows(path):
+    """Each non-ACDC config finds its published row, so `table --compare paper` can put it beside ours."""
+    from ssl_mamba.paper_tables import find_paper_rows
+
+    cfg = load_config(path)
+    rows = find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
+    assert rows, f"{path}: no paper row for {cfg.data.dataset} / {cfg.method.name} / {cfg.model.networks}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
@@ -297,11 +315,14 @@ def test_every_config_loads_and_fits_its_method(path):
     assert {f.name for f in __import__("dataclasses").fields(cls.Options)} >= set(cfg.method.options)
     if path in EXPERIMENTS:
         text = path.read_text()
-        assert text.startswith("#") and "Table" in text.splitlines()[0], f"{path}: first line names the table row"
-        assert cfg.name == "acdc_" + path.stem
-        assert cfg.data.num_classes == 4 and cfg.data.patch_size == [224, 224]
+        first = text.splitlines()[0]
+        assert text.startswith("#") and ("Table" in first or "table" in first), f"{path}: first line names the table row"
+        dataset = path.parent.name
+        assert cfg.name == f"{dataset}_{path.stem}" and cfg.data.dataset == dataset
+        classes, labeled = DATASET_PROTOCOL[dataset]
+        assert cfg.data.num_classes == classes and cfg.data.patch_size == [224, 224]
         if cls.needs_unlabeled:
             assert (cfg.train.max_iterations, cfg.method.batch_size, cfg.method.labeled_batch_size) == (30000, 16, 8)
-            assert cfg.data.labeled_cases in (3, 7)
+            assert cfg.data.labeled_cases in labeled
         else:
             assert (cfg.train.max_iterations, cfg.method.batch_size, cfg.data.labeled_cases) == (10000, 24, None)
