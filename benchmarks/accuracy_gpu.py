@@ -1,13 +1,19 @@
 """Fast path vs baseline path on a short real-ACDC training (issue "GPU speed": no loss of accuracy).
 
 Trains fully supervised Mamba-UNet (configs/acdc/fully_mamba_unet.yaml, batch 24, SGD/poly over the
-shortened schedule) once per (scan backend, seed): our fused Triton scan and mamba-ssm's CUDA kernel
-(the original code's path; built here from the carried sdist like bench_gpu.py does), and compares
-the validation Dice at every validation step.  The runs go in parallel, one process each (the
-mamba-ssm ones wait for the build), so their wall times are not speed measurements.  Prints a table
-last and writes accuracy-<date>.json under --out.
+shortened schedule) once per (path, seed) and compares the validation Dice at every validation step.
+The paths (`--backends`, see PATHS):
+- `mamba_ssm`: mamba-ssm's CUDA kernel in fp32, the original code's path (built here from the
+  carried sdist like bench_gpu.py does);
+- `triton`: our fused Triton scan in fp32;
+- `triton_fast`: the path the speed claims are measured on: Triton scan, bf16 autocast,
+  torch.compile and CUDA graphs, with the kernels' default tiles;
+- any other name is passed as `model.scan_backend` (`torch` for a CPU smoke run).
+The runs go in parallel, one process each (`--gpus N` spreads them over N cards; the mamba-ssm ones
+wait for the build), so their wall times are not speed measurements.  Prints a table last and writes
+accuracy-<date>.json under --out.
 
-    python3 benchmarks/accuracy_gpu.py --data .pack/acdc --out $OUT --iterations 1000 --seeds 0 1
+    python3 benchmarks/accuracy_gpu.py --data .pack/acdc --out $OUT --iterations 1000 --seeds 0 1 --gpus 3
 """
 import argparse
 import datetime
@@ -20,13 +26,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/acdc/fully_mamba_unet.yaml"
+PATHS = {  # path name -> the config values that make it
+    "mamba_ssm": {"model.scan_backend": "mamba_ssm"},
+    "triton": {"model.scan_backend": "triton"},
+    "triton_fast": {"model.scan_backend": "triton", "train.amp": "bf16", "train.compile": "true",
+                    "train.cuda_graphs": "true"},
+}
 
 
-def worker(backend: str, seed: int, args) -> None:
+def path_settings(path: str) -> dict:
+    return PATHS.get(path, {"model.scan_backend": path})
+
+
+def worker(path: str, seed: int, args) -> None:
     """One training run in this process (mamba_ssm: build or load the kernel first)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     sys.path.insert(0, str(REPO))
-    if backend == "mamba_ssm":
+    settings = path_settings(path)
+    if settings["model.scan_backend"] == "mamba_ssm":
         import bench_gpu
         from ssl_mamba.ops import mamba_ssm_backend
         bench_gpu.build_mamba_ssm()
@@ -35,12 +52,14 @@ def worker(backend: str, seed: int, args) -> None:
         mamba_ssm_backend._import_selective_scan_fn.cache_clear()
     from ssl_mamba.cli import main
     sets = {"data.root": args.data, "data.num_workers": args.workers, "train.max_iterations": args.iterations,
-            "train.val_every": args.val_every, "train.seed": seed, "model.scan_backend": backend,
-            "train.checkpoint_every": args.iterations}
-    argv = ["train", "-c", CONFIG, "--run-dir", str(run_dir(args, backend, seed)), "--no-progress", "--no-evaluate"]
+            "train.val_every": args.val_every, "train.seed": seed, "train.checkpoint_every": args.iterations,
+            **settings}
+    argv = ["train", "-c", str(REPO / CONFIG), "--run-dir", str(run_dir(args, path, seed)), "--no-progress", "--no-evaluate"]
     for item in [f"{key}={val}" for key, val in sets.items()] + args.set:
         argv += ["--set", item]
-    main(argv, standalone_mode=False)
+    code = main(argv, standalone_mode=False)  # click returns the exit code instead of exiting here
+    if code:
+        raise SystemExit(code)
 
 
 def run_dir(args, backend: str, seed: int) -> Path:
@@ -62,10 +81,11 @@ def drive(args) -> None:
     sys.path.insert(0, str(REPO))
     runs = [(b, s) for b in args.backends for s in args.seeds]
     procs = {}
-    for backend, seed in runs:
+    for index, (backend, seed) in enumerate(runs):
         log = open(Path(args.runs) / f"{backend}_seed{seed}.log", "w")
         cmd = [sys.executable, __file__, "--worker", backend, str(seed)] + sys.argv[1:]
-        procs[(backend, seed)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(index % args.gpus)} if args.gpus else {}))
+        procs[(backend, seed)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + args.budget
     while time.time() < deadline and any(p.poll() is None for p in procs.values()):
         time.sleep(5)
@@ -106,7 +126,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--workers", type=int, default=3, help="data-loader processes per run")
     ap.add_argument("--budget", type=float, default=500.0, help="seconds before unfinished runs are stopped")
-    ap.add_argument("--backends", nargs="+", default=["triton", "mamba_ssm"])
+    ap.add_argument("--backends", nargs="+", default=["triton_fast", "triton", "mamba_ssm"],
+                    help=f"paths to compare: {', '.join(PATHS)}, or a scan backend name")
+    ap.add_argument("--gpus", type=int, default=0, help="spread the runs over this many GPUs (0: all on the default)")
     ap.add_argument("--set", action="append", default=[], help="extra config override (CPU smoke runs)")
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--tag", default="")
