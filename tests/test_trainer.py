@@ -246,6 +246,28 @@ def test_run_config_spells_out_every_method_option(tmp_path, phantom_root):
     assert dataclasses.replace(saved, method=cfg.method) == cfg
 
 
+def test_resuming_a_folder_without_recorded_options_says_which_defaults_apply(tmp_path, phantom_root, caplog):
+    import methods  # noqa: F401 - registers mean_teacher
+
+    cfg = tiny_config(phantom_root, method="mean_teacher", labeled_batch_size=2, max_iterations=2)
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False).fit()
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iterations=3))
+    write_config(longer, run / "config.yaml")  # as an older release wrote it: options {}
+    with caplog.at_level("WARNING", logger="ssl_mamba.engine.trainer"):
+        Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False).fit()
+    warned = [r.getMessage() for r in caplog.records if "does not record the method options" in r.getMessage()]
+    assert len(warned) == 1 and "'teacher_mode': 'train'" in warned[0], warned
+    caplog.clear()
+    again = dataclasses.replace(load_config(run / "config.yaml"), train=dataclasses.replace(longer.train, max_iterations=4))
+    write_config(dataclasses.replace(again, method=dataclasses.replace(again.method, options={
+        "teacher_mode": "train", "average_buffers": True, "noise_std": 0.1, "noise_clip": 0.2, "zero_before": 0})),
+        run / "config.yaml")
+    with caplog.at_level("WARNING", logger="ssl_mamba.engine.trainer"):
+        Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False).fit()
+    assert not [r for r in caplog.records if "does not record" in r.getMessage()]
+
+
 @pytest.mark.parametrize("nets", [["test_unet"], ["test_unet", "test_unet"]])
 def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, nets):
     cfg = tiny_config(phantom_root, networks=nets)

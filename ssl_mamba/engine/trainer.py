@@ -12,6 +12,7 @@ the batch, gradient, BatchNorm and randomness semantics.  Only rank 0 validates,
 writes files; every rank reads `last.pt` on resume.
 """
 import contextlib
+import dataclasses
 import os
 import platform
 import signal
@@ -389,6 +390,8 @@ class Trainer:
         log.info("%s %s: method %s, networks %s, parameters %s, device %s (%s), %d labeled / %d unlabeled slices",
                  verb, cfg.name, cfg.method.name, cfg.model.networks, sizes, self.device, device_name(self.device),
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
+        if self.resume:
+            self._warn_unrecorded_options()
         if self.dist.enabled:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
@@ -437,6 +440,17 @@ class Trainer:
         by = self.stop_signal.name if self.stop_signal is not None else "a signal to another rank"
         raise TrainingInterrupted(f"stopped by {by} after iteration {self.iteration}; {self.run_dir / LAST} "
                                   f"holds it: continue with `ssl-mamba train --resume {self.run_dir}`")
+
+    def _warn_unrecorded_options(self) -> None:
+        """A run folder written before config.yaml spelled out the method options resumes with
+        today's defaults for them, which may differ from the ones it began with (mean teacher's
+        teacher_mode changed from eval to train): say which values now apply."""
+        recorded = set(self.cfg.method.options)
+        applied = {k: v for k, v in dataclasses.asdict(self.method.options).items() if k not in recorded}
+        if applied:
+            log.warning("%s/config.yaml does not record the method options %s; the run resumes with the "
+                        "current defaults %s, which may differ from those it was started with (set them with "
+                        "--set method.options.KEY=VALUE)", self.run_dir, sorted(applied), applied)
 
     def _loop(self, start_wall: float) -> None:
         from tqdm import tqdm
