@@ -612,6 +612,13 @@ def _widened(t: torch.Tensor) -> torch.Tensor:
     return t.float().contiguous()
 
 
+def _prepared(x, x_dbl, A_t, dtw_t, ds, bias, config: Sequence[int]) -> Tuple[tuple, dict]:
+    """Both ops' start: the fp32 contiguous kernel inputs and the launch plan for their shapes."""
+    args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
+    b, h, w, d = x.shape
+    return args, _launch_plan(b, h, w, d, A_t.shape[1], dtw_t.shape[1], _config_dict(config))
+
+
 # The kernel launches as custom ops: torch.compile (train.compile) sees each as one opaque node with
 # a known output shape instead of breaking its graph, so the work around them (the widening casts,
 # the sums over directions and channel blocks, the cast back to x's dtype) is plain torch code that
@@ -625,11 +632,8 @@ def ss2d_scan_fwd(x: torch.Tensor, x_dbl: torch.Tensor, A_t: torch.Tensor, dtw_t
     """The forward kernels.  Returns y4, the four directions' outputs (B, H, W, 4, D) fp32 (bf16
     with narrow_buffers; with atomic_merge their fp32 sum, (B, H, W, D)), and hs, the fp32 state
     entering each chunk (B*4, chunks, N, D)."""
-    args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
-    x = args[0]
-    b, h, w, d = x.shape
-    n, r = A_t.shape[1], dtw_t.shape[1]
-    plan = _launch_plan(b, h, w, d, n, r, _config_dict(config))
+    args, plan = _prepared(x, x_dbl, A_t, dtw_t, ds, bias, config)
+    x, n, d, r = args[0], A_t.shape[1], x.shape[-1], dtw_t.shape[1]
     h_in = _entering_values(plan, args, x, reverse=False, num_warps=plan["fwd_warps"])
     y, hs = _fwd_outputs(x, n, config, torch.zeros if plan["atomic"] else torch.empty)
     _ss2d_fwd_kernel[plan["grid"]](*args, h_in, y, hs, d, r, CHUNK=plan["chunk"], ATOMIC=plan["atomic"],
@@ -670,11 +674,9 @@ def ss2d_scan_bwd(x: torch.Tensor, x_dbl: torch.Tensor, A_t: torch.Tensor, dtw_t
     (with atomic_merge their sum, (B, H, W, D)), dpart (channel blocks, B*H*W, 4, R+2N) (d x_dbl,
     one partial per backward channel block), and the gradients of A_t, dtw_t, ds and bias; all
     fp32 except dx4 and dpart with narrow_buffers (bf16)."""
-    args = tuple(_widened(t) for t in (x, x_dbl, A_t, dtw_t, ds, bias))
-    x = args[0]
-    b, h, w, d = x.shape
-    n, r = A_t.shape[1], dtw_t.shape[1]
-    plan = _launch_plan(b, h, w, d, n, r, _config_dict(config))
+    args, plan = _prepared(x, x_dbl, A_t, dtw_t, ds, bias, config)
+    x, d, r = args[0], x.shape[-1], dtw_t.shape[1]
+    b, h, w = x.shape[:3]
     items, tiles, atomic = plan["bwd_items"], plan["bwd_tiles"], plan["atomic"]
     n_items = items[0] * items[1] * items[2]
     persistent = plan["bwd_programs"] != 0
