@@ -238,3 +238,20 @@ def test_compare_curves_draws_each_run_and_names_a_run_without_the_key(tmp_path)
     c = _run_with(tmp_path / "c", "loss/total", [1.0, 0.5])
     with pytest.raises(DataError, match=r"c: no scalar 'val/net1/dice' logged; it has \['loss/total'\]"):
         figures.compare_curves({"A": a, "C": c}, tmp_path / "y.png")
+
+
+def test_overlays_are_cut_to_the_labelled_and_predicted_structures():
+    image = np.arange(100 * 120, dtype=np.float32).reshape(100, 120)
+    label = np.zeros((100, 120), np.int64)
+    pred = np.zeros_like(label)
+    label[40:50, 30:60] = 1
+    pred[45:70, 55:65] = 2  # a prediction reaching past the label still shows whole
+    cut = figures.foreground_crop(image, label, pred, margin=5)
+    assert cut[0].shape == cut[1].shape == cut[2].shape == (70 + 5 - 35, 65 + 5 - 25)
+    assert cut[1].sum() == label.sum() and cut[2].sum() == pred.sum()
+    assert cut[0][0, 0] == image[35, 25]
+    whole = figures.foreground_crop(image, np.zeros_like(label), np.zeros_like(pred))
+    assert whole[0] is image
+    edge = np.zeros_like(label)
+    edge[0:3, 0:3] = 1  # the margin stops at the border
+    assert figures.foreground_crop(image, edge, np.zeros_like(edge), margin=5)[0].shape == (8, 8)
