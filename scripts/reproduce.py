@@ -42,6 +42,10 @@ LIGHT_FILES = ["config.yaml", "split.json", "summary.json", "train.log", SEGMENT
 # Published gzipped: a 30,000-iteration row's log of every step is ~7 MB as text, ~1.3 MB gzipped,
 # and the committed results travel with every device call (64 MiB in all).
 METRICS, METRICS_GZ = "metrics.jsonl", "metrics.jsonl.gz"
+# The published per-step log keeps every validation line and every METRICS_EVERY-th training line:
+# a 30k-iteration row's full log is 1.4-2 MB gzipped, and the tracked tree travels with every device
+# call (64 MiB in all), so ten such rows would crowd out the data.  The run folder keeps the full log.
+METRICS_EVERY = 10
 # The code a run executes: what `source_sha256` in provenance.json fingerprints.
 SOURCE_GLOBS = ["ssl_mamba/**/*.py", "methods/**/*.py", "configs/**/*.yaml", "scripts/*.py", "setup.py"]
 BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:end -->"
@@ -224,6 +228,21 @@ def pack_dtype(data_root: str) -> Optional[str]:
     return meta.get("dtype") if meta.get("kind") == "pack" else None
 
 
+def thinned_log(text: str, every: int) -> str:
+    """metrics.jsonl lines: each one with a validation value ("val/..." keys) or a step divisible by
+    `every`, and the last; a torn last line (a killed run) is dropped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    kept = []
+    for index, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) % every == 0 or index == len(lines) - 1 or any(k.startswith("val/") for k in record):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations: int,
             source: Optional[str] = None, concurrent_rows: int = 1) -> Path:
     """Copy a finished run's light files into results/<name>/ with a provenance record.
@@ -240,7 +259,8 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
     if (run_dir / METRICS).is_file():
-        atomic_write_bytes(dest / METRICS_GZ, gzip.compress((run_dir / METRICS).read_bytes(), mtime=0))
+        kept = thinned_log((run_dir / METRICS).read_text(), METRICS_EVERY)
+        atomic_write_bytes(dest / METRICS_GZ, gzip.compress(kept.encode(), mtime=0))
         (dest / METRICS).unlink(missing_ok=True)  # an earlier publication's plain copy
     shutil.copytree(run_dir / "metrics", dest / "metrics", dirs_exist_ok=True)
     for png in (run_dir / "figures").rglob("*.png"):
@@ -269,6 +289,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "shortened": cfg.train.max_iterations < full_iterations,
         "data_pack_dtype": pack_dtype(cfg.data.root),
         "concurrent_rows": concurrent_rows,
+        "metrics_every": METRICS_EVERY,  # the published metrics.jsonl.gz's training-line stride
         "date": time.strftime("%Y-%m-%d"),
         **extra,
     })

@@ -210,8 +210,9 @@ def test_a_stop_request_reaches_running_rows_and_starts_no_more(reproduce, tmp_p
 
 
 def test_published_metrics_are_gzipped_and_still_drawn(reproduce, tmp_path, monkeypatch):
-    """A row's per-step log goes into results/ gzipped (a 30k-iteration row's is ~7 MB as text), replaces a
-    plain copy left by an earlier publication, and the training-curve reader takes either form."""
+    """A row's per-step log goes into results/ gzipped and thinned (every validation, every 10th
+    training step: a 30k-iteration row's full log is ~7 MB as text), replaces a plain copy left by an
+    earlier publication, and the training-curve reader takes either form."""
     import gzip
 
     from ssl_mamba.metrics.figures import read_scalars
@@ -227,7 +228,12 @@ def test_published_metrics_are_gzipped_and_still_drawn(reproduce, tmp_path, monk
     monkeypatch.setattr(reproduce, "pack_dtype", lambda root: "uint8")
     reproduce.publish(run_dir, tmp_path / "results", "abc", 10000, "3" * 64)
     assert not (dest / reproduce.METRICS).exists()
-    assert gzip.decompress((dest / reproduce.METRICS_GZ).read_bytes()).decode() == text
+    published = gzip.decompress((dest / reproduce.METRICS_GZ).read_bytes()).decode()
+    assert published == reproduce.thinned_log(text, reproduce.METRICS_EVERY)
     from_plain, from_gz = read_scalars(run_dir), read_scalars(dest)
-    assert from_plain.keys() == from_gz.keys() and len(from_gz["loss/seg"][0]) == 10000
-    assert from_plain["loss/seg"][1] == from_gz["loss/seg"][1]
+    assert from_plain.keys() == from_gz.keys()
+    assert from_gz["loss/seg"][0] == list(range(10, 10001, 10)), "every 10th training step"
+    assert from_gz["val/net1/dice"] == from_plain["val/net1/dice"], "every validation"
+    kept = dict(zip(*from_plain["loss/seg"]))
+    assert from_gz["loss/seg"][1] == [kept[step] for step in from_gz["loss/seg"][0]]
+    assert json.loads((dest / "provenance.json").read_text())["metrics_every"] == 10
