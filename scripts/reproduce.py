@@ -357,7 +357,7 @@ PUBLISHED_FILES = ["provenance.json", "summary.json", "config.yaml", "split.json
 
 def check_published_row(row: Path) -> None:
     """A folder `run` published on another machine is complete before it replaces a committed row:
-    SystemExit naming the folder and the first missing file otherwise."""
+    SystemExit naming the folder and what it lacks otherwise."""
     missing = [name for name in PUBLISHED_FILES if not (row / name).is_file()]
     if not (row / METRICS_GZ).is_file() and not (row / METRICS).is_file():
         missing.append(METRICS_GZ)
