@@ -3,6 +3,7 @@
     python scripts/reproduce.py run configs/acdc/fully_unet.yaml configs/acdc/semi_mamba_unet_7cases.yaml \
         --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--seeds 1337 2 3] [--commit HASH]
     python scripts/reproduce.py run CONFIGS --jobs 4 --gpus 2   # two rows per GPU of a 2-GPU machine
+    python scripts/reproduce.py run A.yaml B.yaml --jobs 2 --gpus 4 --gpus-per-row 2   # each row on 2 GPUs (DDP)
     python scripts/reproduce.py table            # rewrites the table in results/README.md
     python scripts/reproduce.py collect fetched/runs/published/*   # rows published on the GPU machine
 
@@ -53,6 +54,15 @@ BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:en
 
 def cli(*args: str) -> List[str]:
     return [sys.executable, "-m", "ssl_mamba.cli", *args]
+
+
+def train_command(processes: int, *args: str) -> List[str]:
+    """`ssl-mamba train ...` in one process, or data-parallel over `processes` GPUs with torchrun
+    (--standalone: each row gets its own rendezvous on a free port, so rows can run side by side)."""
+    if processes == 1:
+        return cli(*args)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "ssl_mamba.cli", *args]
 
 
 def run_name(config: Path, seed: Optional[int]) -> str:
@@ -113,15 +123,16 @@ def train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides:
                        log_dir: Path, code: Optional[dict] = None, gpus: Optional["GpuSlots"] = None) -> Path:
     """Train (or resume) one row at one seed, then evaluate it; returns its run directory.
     `code` ({"commit", "source_sha256"}) is recorded as a training segment before training;
-    `gpus` hands the row one GPU of a multi-GPU machine for its whole run."""
+    `gpus` hands the row its GPUs of a multi-GPU machine for its whole run (`GpuSlots.per_row` of
+    them: with more than one the row trains data-parallel)."""
     if gpus is not None:
         with gpus.take() as env:
-            return _train_and_evaluate(config, seed, runs, overrides, log_dir, code, env)
+            return _train_and_evaluate(config, seed, runs, overrides, log_dir, code, env, gpus.per_row)
     return _train_and_evaluate(config, seed, runs, overrides, log_dir, code, None)
 
 
 def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides: List[str], log_dir: Path,
-                        code: Optional[dict], env: Optional[dict]) -> Path:
+                        code: Optional[dict], env: Optional[dict], processes: int = 1) -> Path:
     run_dir = runs / run_name(config, seed)
     check_existing_run(run_dir, seed)
     if seed is not None:
@@ -131,9 +142,9 @@ def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides
     if not (run_dir / "summary.json").is_file():
         record_segment(run_dir, code or {})
         if (run_dir / "last.pt").is_file():
-            cmd = cli("train", "--resume", str(run_dir), "--no-progress")
+            cmd = train_command(processes, "train", "--resume", str(run_dir), "--no-progress")
         else:
-            cmd = cli("train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
+            cmd = train_command(processes, "train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
         run_child(cmd, log, env)
     if not (run_dir / "metrics" / "test" / "summary.json").is_file():
         run_child(cli("evaluate", "--run", str(run_dir), "--split", "test"), log, env)
@@ -141,25 +152,30 @@ def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides
 
 
 class GpuSlots:
-    """Rows spread over the GPUs of one machine: `take()` lends a row the least busy GPU (as
-    CUDA_VISIBLE_DEVICES in the environment of its train and evaluate commands) until it ends."""
+    """Rows spread over the GPUs of one machine: `take()` lends a row the `per_row` least busy GPUs
+    (as CUDA_VISIBLE_DEVICES in the environment of its train and evaluate commands) until it ends."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, per_row: int = 1):
         if count < 1:
             raise SystemExit(f"--gpus {count}: need at least 1")
+        if not 1 <= per_row <= count:
+            raise SystemExit(f"--gpus-per-row {per_row}: must be between 1 and --gpus ({count})")
         self.busy = [0] * count
+        self.per_row = per_row
         self.lock = threading.Lock()
 
     @contextlib.contextmanager
     def take(self):
         with self.lock:
-            gpu = min(range(len(self.busy)), key=self.busy.__getitem__)
-            self.busy[gpu] += 1
+            chosen = sorted(sorted(range(len(self.busy)), key=self.busy.__getitem__)[:self.per_row])
+            for gpu in chosen:
+                self.busy[gpu] += 1
         try:
-            yield {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+            yield {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, chosen))}
         finally:
             with self.lock:
-                self.busy[gpu] -= 1
+                for gpu in chosen:
+                    self.busy[gpu] -= 1
 
 
 def record_segment(run_dir: Path, code: dict) -> None:
@@ -289,6 +305,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "shortened": cfg.train.max_iterations < full_iterations,
         "data_pack_dtype": pack_dtype(cfg.data.root),
         "concurrent_rows": concurrent_rows,
+        "processes": summary.get("processes", 1),  # > 1: data-parallel over that many GPUs
         "metrics_every": METRICS_EVERY,  # the published metrics.jsonl.gz's training-line stride
         "date": time.strftime("%Y-%m-%d"),
         **extra,
@@ -310,8 +327,12 @@ def command_run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # a time limit or Ctrl-C: rows stop resumably
         signal.signal(sig, request_stop)
     code = {"commit": args.commit, "source_sha256": source}
-    gpus = GpuSlots(args.gpus) if args.gpus else None
-    shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) // (args.gpus or 1))  # rows per card
+    if args.gpus_per_row > 1 and not args.gpus:
+        raise SystemExit("--gpus-per-row needs --gpus (the GPUs to hand out)")
+    gpus = GpuSlots(args.gpus, args.gpus_per_row) if args.gpus else None
+    cards_per_row = args.gpus_per_row if args.gpus else 1
+    # rows per card: --jobs rows of cards_per_row cards each over --gpus cards, rounded up
+    shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) * cards_per_row // (args.gpus or 1))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs, code, gpus): (config, seed)
                    for config, seed in jobs}
@@ -342,6 +363,8 @@ def provenance_table(rows: List[Path]) -> str:
         wall = f"{p['wall_time_s'] / 60:.1f} min" if p.get("wall_time_s") else "?"
         if p.get("concurrent_rows", 1) > 1:  # the card was shared: wall time and img/s are not speeds
             wall += f" ({p['concurrent_rows']} rows at once)"
+        if p.get("processes", 1) > 1:  # data-parallel: img/s of all the row's GPUs together
+            wall += f" on {p['processes']} GPUs"
         speed = f"{p['images_per_s']:.0f}" if p.get("images_per_s") else "?"
         data = f"pack {p['data_pack_dtype']}" if p.get("data_pack_dtype") else "h5 files"
         if len(p.get("segments", [])) > 1:  # resumed across calls: say so, and whether the code changed
@@ -418,6 +441,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--jobs", type=int, default=1, help="rows trained at once (they share the GPU)")
     run.add_argument("--gpus", type=int,
                      help="spread the rows over this many GPUs of the machine (each row on the least busy one)")
+    run.add_argument("--gpus-per-row", type=int, default=1,
+                     help="GPUs each row trains on, data-parallel through torchrun (with --gpus)")
     run.add_argument("--concurrent-rows", type=int,
                      help="rows sharing a card when several reproduce commands run at once "
                           "(default: --jobs / --gpus, rounded up)")

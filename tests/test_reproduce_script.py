@@ -164,6 +164,55 @@ def test_collect_replaces_rows_whole_and_refuses_an_incomplete_one(reproduce, tm
     assert not list(results.glob(".*.collecting"))
 
 
+def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchrun(reproduce):
+    slots = reproduce.GpuSlots(4, per_row=2)
+    with slots.take() as a, slots.take() as b:
+        assert (a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]) == ("0,1", "2,3")
+        with slots.take() as c:  # a fifth and sixth card do not exist: the pair shares
+            assert len(c["CUDA_VISIBLE_DEVICES"].split(",")) == 2
+    assert slots.busy == [0, 0, 0, 0]
+    with pytest.raises(SystemExit, match="--gpus-per-row 3"):
+        reproduce.GpuSlots(2, per_row=3)
+    cmd = reproduce.train_command(2, "train", "-c", "x.yaml")
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:] == ["-m", "ssl_mamba.cli", "train", "-c", "x.yaml"]
+    assert reproduce.train_command(1, "train") == reproduce.cli("train")
+    with pytest.raises(SystemExit, match="--gpus-per-row needs --gpus"):
+        reproduce.main(["run", "configs/acdc/fully_unet.yaml", "--gpus-per-row", "2"])
+
+
+def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_path, monkeypatch, capsys):
+    """The whole `run --gpus 2 --gpus-per-row 2` path on the CPU (torchrun, gloo): train on two
+    processes, evaluate, publish with processes = 2."""
+    from ssl_mamba.data.phantom import generate_phantom
+
+    data = tmp_path / "phantom"
+    generate_phantom(data, n_train_patients=3, n_val_patients=1, n_test_patients=1, slices=(2, 3), size=(40, 48))
+    config = tmp_path / "row.yaml"
+    config.write_text(json.dumps({
+        "name": "ddp_row", "data": {"dataset": "phantom", "root": str(data), "num_classes": 4, "patch_size": [32, 32],
+                                    "labeled_cases": 2, "num_workers": 0},
+        "model": {"networks": ["test_unet"], "scan_backend": "torch"},
+        "method": {"name": "supervised", "batch_size": 4},
+        "train": {"max_iterations": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu", "log_images_every": 0}}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(reproduce, "pack_dtype", lambda root: None)
+    results = tmp_path / "results"
+    reproduce.main(["run", str(config), "--gpus", "2", "--gpus-per-row", "2", "--runs", str(tmp_path / "runs"),
+                    "--results", str(results), "--commit", "abc"])
+    capsys.readouterr()
+    prov = json.loads((results / "ddp_row" / "provenance.json").read_text())
+    assert prov["processes"] == 2 and prov["concurrent_rows"] == 1
+    assert (results / "ddp_row" / "metrics" / "test" / "summary.json").is_file()
+
+
+def test_a_data_parallel_row_says_so_in_the_provenance_table(reproduce, tmp_path):
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "ddp" / "provenance.json").write_text(json.dumps(
+        {"iterations": 10, "wall_time_s": 60.0, "images_per_s": 80.0, "processes": 2}))
+    assert "| ddp | 10 | ? | 1.0 min on 2 GPUs | 80 |" in reproduce.provenance_table([tmp_path / "ddp"])
+
+
 def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce):
     slots = reproduce.GpuSlots(2)
     with slots.take() as a, slots.take() as b, slots.take() as c:
