@@ -2,12 +2,13 @@
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from ssl_mamba.data import case_of, check_dataset, dataset_info, generate_phantom, make_split, open_dataset
 from ssl_mamba.errors import DataError
+
+from conftest import write_synapse_folder
 
 ACDC = Path(__file__).resolve().parents[2] / "shared/datasets/ACDC"
 needs_acdc = pytest.mark.skipif(not (ACDC / "train_slices.list").is_file(),
@@ -72,28 +73,8 @@ def test_flat_layout_reads_like_nested(tmp_path):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def _synapse_fixture(root: Path) -> None:
-    """TransUNet layout: train_npz/<case>_sliceNNN.npz, test_vol_h5/<case>.npy.h5, lists/lists_Synapse."""
-    rng = np.random.default_rng(0)
-    (root / "train_npz").mkdir(parents=True)
-    (root / "test_vol_h5").mkdir()
-    lists = root / "lists" / "lists_Synapse"
-    lists.mkdir(parents=True)
-    names = []
-    for case in ("case0005", "case0006"):
-        for k in range(3):
-            names.append(f"{case}_slice{k:03d}")
-            np.savez(root / "train_npz" / f"{names[-1]}.npz", image=rng.random((24, 24), dtype=np.float32),
-                     label=rng.integers(0, 9, (24, 24)).astype(np.float32))
-    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as fh:
-        fh["image"] = rng.random((4, 24, 24), dtype=np.float32)
-        fh["label"] = rng.integers(0, 9, (4, 24, 24)).astype(np.float32)
-    (lists / "train.txt").write_text("\n".join(names) + "\n")
-    (lists / "test_vol.txt").write_text("case0001\n")
-
-
 def test_synapse_transunet_layout(tmp_path):
-    _synapse_fixture(tmp_path)
+    write_synapse_folder(tmp_path)
     src = open_dataset(tmp_path)
     assert src.kind == "synapse" and len(src.train_slice_names) == 6
     image, label = src.read_slice("case0006_slice001")

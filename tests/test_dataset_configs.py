@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import h5py
-import numpy as np
 from click.testing import CliRunner
 
 from ssl_mamba.cli import main
+
+from conftest import write_synapse_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.networks=[test_unet]", "model.scan_backend=torch", "data.patch_size=[32, 32]", "data.num_workers=0",
@@ -15,29 +16,8 @@ TINY = ["model.networks=[test_unet]", "model.scan_backend=torch", "data.patch_si
         "train.log_images_every=0", "method.batch_size=4"]
 
 
-def synapse_folder(root: Path, classes: int = 9) -> Path:
-    """TransUNet layout with every organ label present: 2 training cases of 3 slices, 1 test volume."""
-    rng = np.random.default_rng(0)
-    lists = root / "lists" / "lists_Synapse"
-    for folder in (root / "train_npz", root / "test_vol_h5", lists):
-        folder.mkdir(parents=True)
-    blobs = np.arange(40 * 40).reshape(40, 40) % classes  # every class somewhere in each slice
-    names = []
-    for case in ("case0005", "case0006"):
-        for k in range(3):
-            names.append(f"{case}_slice{k:03d}")
-            np.savez(root / "train_npz" / f"{names[-1]}.npz", image=rng.random((40, 40), dtype=np.float32),
-                     label=np.roll(blobs, k, axis=0).astype(np.float32))
-    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as fh:
-        fh["image"] = rng.random((3, 40, 40), dtype=np.float32)
-        fh["label"] = np.stack([np.roll(blobs, k, axis=1) for k in range(3)]).astype(np.float32)
-    (lists / "train.txt").write_text("\n".join(names) + "\n")
-    (lists / "test_vol.txt").write_text("case0001\n")
-    return root
-
-
 def test_synapse_row_trains_and_evaluates_its_eight_organs(tmp_path):
-    root = synapse_folder(tmp_path / "Synapse")
+    root = write_synapse_folder(tmp_path / "Synapse")
     run = tmp_path / "run"
     args = ["train", "-c", str(REPO / "configs/synapse/fully_unet.yaml"), "--run-dir", str(run), "--no-progress",
             "--evaluate", "--set", f"data.root={root}"]
