@@ -12,8 +12,9 @@ first call's saved activations; and since the graph's static gradient buffers be
 parameters' .grad when .grad is None, a second backward before the optimizer step would overwrite
 the first one's gradients instead of adding to them, pytorch/pytorch#181723).  The trainer sets
 .grad to None before each group's backward, so one replay per iteration accumulates nothing.
-Calls in eval mode (validation, inference) run the plain forward.  Capturing runs a few warm-up passes on the first batch; the networks' buffers (BatchNorm
-statistics) and the RNG states are put back afterwards, so the capture changes neither.
+Calls in eval mode (validation, inference) run the plain forward.  Capturing runs a few warm-up
+passes on the first batch; the networks' buffers (BatchNorm statistics) and the RNG states are put
+back afterwards, so the capture changes neither.
 """
 import contextlib
 from typing import Dict, Iterator
