@@ -3,9 +3,10 @@ torch.compile, on the CPU (TRITON_INTERPRET=1, in a fresh subprocess like tests/
 
 What is checked: the ops pass torch.library.opcheck; a function calling `ss2d_scan_triton` compiles
 with fullgraph=True (no graph break) under aot_eager and inductor, its output and six gradients
-matching eager; the graph holds the two custom ops as opaque nodes; a config change recompiles; and
-the sums over the directions and channel blocks are aten ops outside them; the compiled backward keeps the bf16 x and x_dbl, not fp32 copies (the memory contract of
-`_SS2DScanFn`).  Shapes are tiny: the interpreter runs every program in Python.
+matching eager; the graph holds the two custom ops as opaque nodes; a config change recompiles; the
+sums over the directions and channel blocks are aten ops outside them; and the compiled backward
+keeps the bf16 x and x_dbl, not fp32 copies (the memory contract of `_SS2DScanFn`).  Shapes are
+tiny: the interpreter runs every program in Python.
 """
 import pytest
 
