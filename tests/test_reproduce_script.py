@@ -56,9 +56,9 @@ def test_source_fingerprint_tracks_code_not_runs(reproduce, tmp_path):
 
 
 def test_provenance_table_labels_shortened_schedules(reproduce):
-    table = reproduce.provenance_table([REPO / "results" / "acdc_mt_unet_3cases",
+    table = reproduce.provenance_table([REPO / "results" / "acdc_ict_unet_3cases",
                                         REPO / "results" / "acdc_fully_mamba_unet"])
-    assert "| acdc_mt_unet_3cases | 2000 (shortened from 30000) |" in table
+    assert "| acdc_ict_unet_3cases | 2000 (shortened from 30000) |" in table
     assert "| acdc_fully_mamba_unet | 10000 |" in table
 
 
