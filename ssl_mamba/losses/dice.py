@@ -22,13 +22,22 @@ def _one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if target.dim() != 3:
         raise UserError(f"DiceLoss: labels must be (N, H, W) or (N, 1, H, W), got shape {tuple(target.shape)}")
     target = target.long()
+    if target.device.type == "cpu":
+        _check_label_range(target, num_classes)
+    # On a GPU the check would read min and max back to the host: two device syncs in the middle of
+    # every training step, which left the GPU idle while the host queued the rest of the step.  Labels
+    # from the data layer were checked per slice on the CPU (the error names the slice); anything else
+    # out of range still fails, in one_hot's scatter (a device-side assert), as torch's one_hot does.
+    # (N, H, W, K) -> (N, K, H, W)
+    return nn.functional.one_hot(target, num_classes).permute(0, 3, 1, 2).float()
+
+
+def _check_label_range(target: torch.Tensor, num_classes: int) -> None:
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise UserError(
             f"DiceLoss: label values must lie in [0, {num_classes - 1}], got range "
             f"[{int(target.min())}, {int(target.max())}]"
         )
-    # (N, H, W, K) -> (N, K, H, W)
-    return nn.functional.one_hot(target, num_classes).permute(0, 3, 1, 2).float()
 
 
 def dice_per_class(probs: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
