@@ -47,7 +47,7 @@ from ssl_mamba.engine import trainer as trainer_module  # noqa: E402
 PHASES = {  # range name -> (object, attribute) wrapped for the run
     "trainer/data": (trainer_module, "next_batch"),
     "trainer/iteration": (trainer_module, "run_iteration"),
-    "trainer/log_and_validate": (trainer_module.Trainer, "_after_iteration"),
+    "trainer/log_and_validate": (trainer_module.Trainer, "_after_iteration"),  # with any deferred read-back wait
     "trainer/validate": (trainer_module.Trainer, "_validate"),  # inside log_and_validate
     "trainer/checkpoint": (trainer_module.Trainer, "_save_last"),
     "trainer/lr": (trainer_module.Trainer, "_apply_lr"),
@@ -150,16 +150,16 @@ def drained_clock(device: torch.device) -> float:
 def window_hook(trainer, prof, iterations: int, active: int, marks: dict):
     """The trainer's per-iteration hook with the profiler steps added.
 
-    prof.step() runs once per iteration after its logging, so profiler step k covers iteration k+1
-    (1-based) and the schedule records steps iterations-active .. iterations-1, i.e. the last
-    `active` iterations.  Both marks sit at that point of an iteration with the device drained: the
+    prof.step() runs once per iteration, at the end of `_finish_iteration`, so profiler step k covers
+    iteration k+1 (1-based) and the schedule records steps iterations-active .. iterations-1, i.e. the
+    last `active` iterations.  Both marks sit at that point of an iteration with the device drained: the
     start just after the step that starts the trace (its start-up is not timed), the end just before
     the step that stops it (its collection is not timed).  Then WindowClosed ends fit()."""
-    after = trainer._after_iteration
+    after = trainer._finish_iteration
     first = iterations - active
 
-    def stepping(result, batch):
-        after(result, batch)
+    def stepping(done, stop):
+        after(done, stop)
         if trainer.iteration == iterations:
             marks["end"] = drained_clock(trainer.device)
         elif trainer.iteration == first:
@@ -195,7 +195,7 @@ def run(config: str, overrides: list, iterations: int, active: int, validate: bo
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Warning: Profiler clears events at the end of each cycle")
             with profile(activities=activities, schedule=schedule) as prof:
-                trainer._after_iteration = window_hook(trainer, prof, iterations, active, marks)
+                trainer._finish_iteration = window_hook(trainer, prof, iterations, active, marks)
                 try:
                     trainer.fit()
                 except WindowClosed:

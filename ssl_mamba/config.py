@@ -85,7 +85,10 @@ class TrainConfig:
     # which brought the default to ~4.0 GiB by itself), its kernels ~20% slower.  CUDA with
     # model.scan_backend auto or triton only (elsewhere the run stops with an error).
     low_memory_scan: bool = False
-    on_nonfinite: str = "stop"  # stop | skip
+    # stop: raise TrainingDiverged naming the iteration (each iteration's values are read back while the
+    # next one runs, and always before a validation or checkpoint, so no checkpoint holds a NaN step);
+    # skip: drop that step's gradients and go on (reads each loss back before stepping: one sync per step)
+    on_nonfinite: str = "stop"
     log_images_every: int = 1000
     # Data-parallel runs (torchrun): BatchNorm -> SyncBatchNorm (CUDA only); false keeps per-process statistics.
     sync_bn: bool = False

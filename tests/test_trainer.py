@@ -335,6 +335,67 @@ def test_nan_loss_stops_naming_iteration_and_keeps_checkpoint(tmp_path, phantom_
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2  # the last good one
 
 
+def test_deferred_nan_is_caught_before_the_next_checkpoint(tmp_path, phantom_root):
+    """Iteration 3 is no boundary, so its values are read back while iteration 4 runs (step.py's
+    deferred read-back): the NaN must still be named as iteration 3's, no row for it or later may be
+    logged, and no checkpoint may hold the NaN step's weights."""
+    cfg = tiny_config(phantom_root, options={"nan_at": 2}, max_iterations=8, val_every=4, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match=r"iteration 3 .*loss/ce"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit()
+    from ssl_mamba.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["iteration"] == 2
+    weights = [v for v in state["method"].values() if v.is_floating_point()]
+    assert weights and all(torch.isfinite(v).all() for v in weights)
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_deferred_read_back_logs_what_the_synchronous_one_logs(tmp_path, phantom_root):
+    """on_nonfinite=stop reads each iteration back while the next one runs; skip reads it back at once.
+    With no NaN the two runs are the same run: equal rows (values, lrs, validation) and weights."""
+    runs = {}
+    for mode in ("stop", "skip"):
+        cfg = tiny_config(phantom_root, max_iterations=7, val_every=3, checkpoint_every=5, on_nonfinite=mode)
+        trainer = Trainer(cfg, tmp_path / mode, progress=False)
+        assert trainer.defer_readback == (mode == "stop")
+        trainer.fit()
+        rows = read_jsonl(tmp_path / mode / "metrics.jsonl")
+        runs[mode] = (rows, trainer.method.modules["net1"].state_dict())
+    assert [r["step"] for r in runs["stop"][0]] == list(range(1, 8))
+    assert runs["stop"][0] == runs["skip"][0]
+    for name, value in runs["stop"][1].items():
+        assert torch.equal(value, runs["skip"][1][name]), name
+
+
+def test_run_iteration_defers_its_read_back_until_asked():
+    from ssl_mamba.engine.method import OptimizerGroup
+    from ssl_mamba.engine.step import finish_readback, run_iteration
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+
+    class OneGroup:
+        def training_step(self, batch, step):
+            loss = net(batch).pow(2).mean()
+            return StepOutput(losses={"seg": loss}, logs={"loss/term": loss.detach() * 2, "weight/w": 0.5})
+
+        def optimizer_groups(self):
+            return [OptimizerGroup("seg", list(net.parameters()))]
+
+        def after_step(self, step):
+            pass
+
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    result = run_iteration(OneGroup(), [opt], torch.randn(4, 3), 0, torch.device("cpu"), defer=True)
+    assert result.pending is not None and result.losses == {}
+    assert isinstance(result.logs["loss/term"], torch.Tensor)  # still the device value
+    finish_readback(result)
+    assert result.pending is None and result.logs["loss/term"] == pytest.approx(2 * result.losses["seg"])
+    with pytest.raises(ValueError, match="on_nonfinite='stop'"):
+        run_iteration(OneGroup(), [opt], torch.randn(4, 3), 1, torch.device("cpu"), on_nonfinite="skip", defer=True)
+
+
 def test_a_nonfinite_step_changes_no_weight_and_keeps_no_gradient():
     """The loss is read back after its backward is queued; a NaN found there must still leave the
     weights as they were (skip: gradients dropped; stop: raised before the optimizer step)."""

@@ -17,6 +17,13 @@ counts it.
 Data-parallel runs pass `sync` (a `distributed.GradSync`): each group's loss value is averaged
 over ranks before the finite check (every rank takes the same branch), and the group's
 gradients are averaged over ranks between its backward and its optimizer step.
+
+`defer=True` (single process, on_nonfinite="stop") does not wait at all: the losses and logs start
+their copy to the host and the iteration returns with `result.pending`; `finish_readback(result)`
+waits for them later, once the next iteration is queued, so the GPU never idles while the host reads.
+The check then comes after the optimizer step: a non-finite loss still raises TrainingDiverged naming
+its iteration, but the weights in memory have taken that step (and the next).  The trainer resolves
+every pending iteration before it validates or writes a checkpoint, so no checkpoint ever holds them.
 """
 import contextlib
 import math
@@ -39,6 +46,26 @@ class IterationResult:
     logs: Dict[str, float] = field(default_factory=dict)
     images: Dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: Optional[str] = None  # why the iteration was skipped (non-finite loss), else None
+    step: int = 0  # the 0-based iteration index
+    pending: Optional["PendingValues"] = None  # deferred read-back not yet resolved (see finish_readback)
+
+
+class PendingValues:
+    """Scalars on their way to the host: one non-blocking copy into pinned memory, and an event."""
+
+    def __init__(self, packed: torch.Tensor, groups: List[str], log_keys: List[str]):
+        self.groups, self.log_keys = groups, log_keys
+        cuda = packed.is_cuda
+        self.host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=cuda)
+        self.host.copy_(packed, non_blocking=cuda)
+        self.event = torch.cuda.Event() if cuda else None
+        if self.event is not None:
+            self.event.record()
+
+    def values(self) -> List[float]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
 
 
 def autocast_context(device: torch.device, amp: str, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -60,15 +87,48 @@ def _nonfinite_terms(logs: Dict[str, float]) -> List[str]:
     return bad
 
 
+def _packed(losses: List[torch.Tensor], logs: Dict[str, object]) -> tuple:
+    """(one 1-D tensor: the losses, then every tensor-valued log entry; those entries' keys)."""
+    keys = [key for key, value in logs.items() if isinstance(value, torch.Tensor)]
+    device = losses[0].device
+    scalars = [loss.detach().float().reshape(()) for loss in losses]
+    scalars += [logs[key].detach().float().reshape(()).to(device, non_blocking=True) for key in keys]
+    return torch.stack(scalars), keys
+
+
 def _read_back(loss: torch.Tensor, logs: Dict[str, object]) -> float:
     """The loss value, with every tensor-valued entry of `logs` replaced by its float (in place),
     from one device-to-host copy."""
-    keys = [key for key, value in logs.items() if isinstance(value, torch.Tensor)]
-    scalars = [loss.detach().float().reshape(())] + [logs[key].detach().float().reshape(()).to(loss.device)
-                                                     for key in keys]
-    values = torch.stack(scalars).tolist()
+    packed, keys = _packed([loss], logs)
+    values = packed.tolist()
     logs.update(zip(keys, values[1:]))
     return values[0]
+
+
+def _diverged(step: int, group: str, value: float, logs: Dict[str, float]) -> str:
+    terms = _nonfinite_terms(logs) or [f"loss/{group}"]
+    return (f"non-finite loss at iteration {step + 1} in optimizer group {group!r} "
+            f"(value {value}; non-finite terms: {', '.join(terms)})")
+
+
+DIVERGED_HINT = ("; the last checkpoint is kept. Lower train.lr, try train.amp=none, "
+                 "or set train.on_nonfinite=skip")
+
+
+def finish_readback(result: IterationResult) -> IterationResult:
+    """Fill a deferred iteration's losses and logs (waiting for its copy if it is still under way);
+    raise TrainingDiverged if a loss is not finite.  A no-op for an iteration read back already."""
+    pending, result.pending = result.pending, None
+    if pending is None:
+        return result
+    values = pending.values()
+    n = len(pending.groups)
+    result.logs.update(zip(pending.log_keys, values[n:]))
+    result.losses = dict(zip(pending.groups, values[:n]))
+    for group, value in result.losses.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(_diverged(result.step, group, value, result.logs) + DIVERGED_HINT)
+    return result
 
 
 def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
@@ -82,15 +142,21 @@ def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
 
 
 def run_iteration(method: Method, optimizers: list, batch, step: int, device: torch.device,
-                  amp: str = "none", on_nonfinite: str = "stop", sync=None, graphs=None) -> IterationResult:
+                  amp: str = "none", on_nonfinite: str = "stop", sync=None, graphs=None,
+                  defer: bool = False) -> IterationResult:
     """Forward, per-group backward/step, after_step.  `step` is the 0-based iteration index;
-    `graphs`: the run's `cuda_graphs.GraphedNetworks`, if its networks are CUDA-graphed."""
+    `graphs`: the run's `cuda_graphs.GraphedNetworks`, if its networks are CUDA-graphed; `defer`:
+    see the module docstring."""
+    if defer and (sync is not None or on_nonfinite != "stop"):
+        raise ValueError("a deferred read-back needs one process and on_nonfinite='stop'")
     amp_ctx = lambda: autocast_context(device, amp, cache=graphs is None)  # noqa: E731  (a fresh one per use)
     if graphs is not None:
         graphs.new_iteration()
     with amp_ctx():
         out = method.training_step(batch, step)
-    result = IterationResult(logs=dict(out.logs), images=dict(out.images))
+    result = IterationResult(logs=dict(out.logs), images=dict(out.images), step=step)
+    if defer:
+        return _run_deferred(method, optimizers, out, result, step, amp_ctx)
     for index, (group, optimizer) in enumerate(zip(method.optimizer_groups(), optimizers)):
         loss = _resolve_loss(out, group.name, amp_ctx)
         optimizer.zero_grad(set_to_none=True)
@@ -100,12 +166,9 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
             value = sync.mean_value(value)
         result.losses[group.name] = value
         if not math.isfinite(value):
-            terms = _nonfinite_terms(result.logs) or [f"loss/{group.name}"]
-            message = (f"non-finite loss at iteration {step + 1} in optimizer group {group.name!r} "
-                       f"(value {value}; non-finite terms: {', '.join(terms)})")
+            message = _diverged(step, group.name, value, result.logs)
             if on_nonfinite == "stop":
-                raise TrainingDiverged(message + "; the last checkpoint is kept. "
-                                       "Lower train.lr, try train.amp=none, or set train.on_nonfinite=skip")
+                raise TrainingDiverged(message + DIVERGED_HINT)
             result.skipped = message
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
@@ -114,4 +177,20 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
             sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
         optimizer.step()
     method.after_step(step)
+    return result
+
+
+def _run_deferred(method: Method, optimizers: list, out: StepOutput, result: IterationResult, step: int,
+                  amp_ctx) -> IterationResult:
+    """run_iteration's per-group loop without a read-back: the values leave in one copy at the end."""
+    losses, groups = [], method.optimizer_groups()
+    for group, optimizer in zip(groups, optimizers):
+        loss = _resolve_loss(out, group.name, amp_ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss)
+    method.after_step(step)
+    packed, keys = _packed(losses, result.logs)
+    result.pending = PendingValues(packed, [g.name for g in groups], keys)
     return result

@@ -37,7 +37,7 @@ from .cuda_graphs import GraphedNetworks
 from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
-from .step import IterationResult, TrainingDiverged, autocast_context, run_iteration
+from .step import IterationResult, TrainingDiverged, autocast_context, finish_readback, run_iteration
 
 log = get_logger("engine.trainer")
 
@@ -96,6 +96,16 @@ def git_commit(where: Optional[Path] = None) -> Optional[str]:
 # Signals that end a training run cleanly: the iteration in progress finishes, last.pt is written.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_VOTE = "_stop_requested"  # key added to the per-step scalar all-reduce under torchrun
+
+
+@dataclasses.dataclass
+class QueuedIteration:
+    """An iteration whose work is queued: what its log row needs besides the values it reads back."""
+
+    iteration: int  # 1-based, as logged
+    result: IterationResult
+    batch: object
+    lrs: Dict[str, float]  # each group's lr when the iteration finished, as the row logs it
 
 
 class TrainingInterrupted(UserError):
@@ -210,6 +220,11 @@ class Trainer:
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
         self.elapsed = {"wall": 0.0, "train": 0.0}
+        # read each iteration's values back while the next one runs (step.py); the sync path stays for
+        # on_nonfinite=skip, which must drop the gradients before the step, and for torchrun's all-reduce
+        self.defer_readback = self.sync is None and cfg.train.on_nonfinite == "stop"
+        self.queued: Optional[QueuedIteration] = None  # the previous iteration, logged once its values arrive
+        self.last_losses: Dict[str, float] = {}
 
     def _configure_gpu_switches(self) -> None:
         """Check the GPU switches (cuda_graphs, compile, low_memory_scan) against the networks, the
@@ -468,47 +483,78 @@ class Trainer:
                 if t.cuda_graphs and self.graphs is None:
                     self.graphs = self._capture_graphs(batch)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
-                                       t.amp, t.on_nonfinite, self.sync, self.graphs)
+                                       t.amp, t.on_nonfinite, self.sync, self.graphs, defer=self.defer_readback)
                 stop = self._agree_across_ranks(result, self.stop_signal is not None)
                 self.iteration += 1
                 self._apply_lr()
                 self.elapsed["train"] += time.perf_counter() - tick
-                self._after_iteration(result, batch)
+                self._finish_iteration(QueuedIteration(self.iteration, result, batch, self._lrs()), stop)
                 self.elapsed["wall"] = wall0 + time.perf_counter() - start_wall
-                checkpoint = self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations
-                if checkpoint:
-                    self._save_last()
-                if stop and self.iteration < t.max_iterations:
-                    self._stop(checkpointed=checkpoint)
                 bar.update(1)
-                if result.losses:
-                    bar.set_postfix(loss=f"{sum(result.losses.values()):.4f}", refresh=False)
+                if self.last_losses:
+                    bar.set_postfix(loss=f"{sum(self.last_losses.values()):.4f}", refresh=False)
         finally:
             bar.close()
 
-    def _after_iteration(self, result: IterationResult, batch) -> None:
+    def _finish_iteration(self, done: QueuedIteration, stop: bool) -> None:
+        """Log the previous iteration if its values were deferred, then this one (now, or at the next
+        iteration when its values are still on their way), then checkpoint / stop when due."""
         t = self.cfg.train
-        validate = self.iteration % t.val_every == 0 or self.iteration == t.max_iterations
+        checkpoint = self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations
+        self._log_queued()  # its values have arrived while this iteration's work was queued
+        boundary = checkpoint or stop or self._validates(done.iteration) or self._logs_images(done.iteration)
+        if done.result.pending is not None and not boundary:
+            self.queued = done  # validation and checkpoints only ever see resolved iterations
+        else:
+            self._after_iteration(done)
+        if checkpoint:
+            self._save_last()
+        if stop and self.iteration < t.max_iterations:
+            self._stop(checkpointed=checkpoint)
+
+    def _lrs(self) -> Dict[str, float]:
+        return {group.name: opt.param_groups[0]["lr"] for group, opt in zip(self.groups, self.optimizers)}
+
+    def _validates(self, iteration: int) -> bool:
+        return iteration % self.cfg.train.val_every == 0 or iteration == self.cfg.train.max_iterations
+
+    def _logs_images(self, iteration: int) -> bool:
+        every = self.cfg.train.log_images_every
+        return every > 0 and iteration % every == 0
+
+    def _log_queued(self) -> None:
+        queued, self.queued = self.queued, None
+        if queued is not None:
+            self._after_iteration(queued)
+
+    def _after_iteration(self, done: QueuedIteration) -> None:
+        """Wait for the iteration's values if they are still on their way (counted as training time),
+        raise if a loss is not finite, then log it and validate when due."""
+        tick = time.perf_counter()
+        finish_readback(done.result)
+        self.elapsed["train"] += time.perf_counter() - tick
+        self.last_losses = done.result.losses
+        validate = self._validates(done.iteration)
         if self.dist.is_main:
-            self._log_iteration(result, batch, validate)
+            self._log_iteration(done, validate)
         if validate:
             ddp.barrier(self.dist)  # the other ranks wait for rank 0's validation
 
-    def _log_iteration(self, result: IterationResult, batch, validate: bool) -> None:
-        t = self.cfg.train
+    def _log_iteration(self, done: QueuedIteration, validate: bool) -> None:
+        result = done.result
         if result.skipped:
             self.skipped += 1
             log.warning("%s; step skipped (%d so far)", result.skipped, self.skipped)
         scalars = {f"loss/{name}": v for name, v in result.losses.items()}
         scalars.update(result.logs)
-        for group, opt in zip(self.groups, self.optimizers):
-            scalars[f"lr/{group.name}"] = opt.param_groups[0]["lr"]
+        scalars.update({f"lr/{name}": lr for name, lr in done.lrs.items()})
         scalars["train/skipped_steps"] = self.skipped
         if validate:
             scalars.update(self._validate())
-        self.logger.scalars(self.iteration, scalars)
-        if t.log_images_every > 0 and self.iteration % t.log_images_every == 0:
-            self.logger.images(self.iteration, {**batch_images(batch, self.cfg.data.num_classes), **result.images})
+        self.logger.scalars(done.iteration, scalars)
+        if self._logs_images(done.iteration):
+            pictures = batch_images(done.batch, self.cfg.data.num_classes)
+            self.logger.images(done.iteration, {**pictures, **result.images})
 
     # ---- validation -----------------------------------------------------------------------------
     def _validate(self) -> Dict[str, float]:
