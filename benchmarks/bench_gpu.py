@@ -434,7 +434,8 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
                       bf16: bool = False, networks=None, size: int = 224, iters: int = 20,
                       device: str = "cuda", graphs: bool = False, compiled: bool = False) -> dict:
     """One training iteration of a library method as the trainer runs it (`engine.step.run_iteration`:
-    the method's training_step, each optimizer group's finite check, backward and step, after_step),
+    the method's training_step, each optimizer group's backward and step, after_step, with the losses
+    read back and checked while the next iteration is queued, as the trainer does since the ninth session),
     on synthetic data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16
     (8 labeled).  `networks` / `size` / `device` let it run small on a CPU as a smoke check;
     `graphs` captures the students as train.cuda_graphs does, `compiled` compiles their blocks as
@@ -446,7 +447,7 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     from ssl_mamba.engine.method import METHODS
     from ssl_mamba.engine.optim import build_all
     from ssl_mamba.engine.cuda_graphs import GraphedNetworks
-    from ssl_mamba.engine.step import autocast_context, run_iteration
+    from ssl_mamba.engine.step import autocast_context, finish_readback, run_iteration
     from ssl_mamba.engine.trainer import build_networks
     import methods  # noqa: F401 - registers the methods
 
@@ -470,8 +471,13 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     if graphs:
         captured = GraphedNetworks(method.students(), data.image, lambda: autocast_context(dev, amp, cache=False))
 
-    def step():
-        run_iteration(method, optimizers, data, 1000, dev, amp, graphs=captured)
+    queued = []
+
+    def step():  # this iteration queued, then the previous one's values read back (the trainer's order)
+        result = run_iteration(method, optimizers, data, 1000, dev, amp, graphs=captured, defer=True)
+        if queued:
+            finish_readback(queued.pop())
+        queued.append(result)
 
     if device != "cuda":
         t0 = time.time()
