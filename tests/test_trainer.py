@@ -45,6 +45,7 @@ class ProbeOptions:
     sleep: float = 0.0  # seconds per iteration
     term_at: int = -1  # 0-based iteration at which rank `term_rank` sends itself SIGTERM
     term_rank: int = 0
+    fail_at: int = -1  # 0-based iteration whose training_step raises RuntimeError
 
 
 def _sup_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -68,6 +69,8 @@ if "_test_probe" not in METHODS:
             loss = sum(losses)
             if step == self.options.nan_at:
                 loss = loss * float("nan")
+            if step == self.options.fail_at:
+                raise RuntimeError(f"probe failure at step {step}")
             if step == self.options.term_at and int(os.environ.get("RANK", "0")) == self.options.term_rank:
                 os.kill(os.getpid(), signal.SIGTERM)
             # a tensor-valued log, read back by run_iteration after the backward, and a float one
@@ -366,6 +369,14 @@ def test_deferred_read_back_logs_what_the_synchronous_one_logs(tmp_path, phantom
     assert runs["stop"][0] == runs["skip"][0]
     for name, value in runs["stop"][1].items():
         assert torch.equal(value, runs["skip"][1][name]), name
+
+
+def test_a_failing_iteration_keeps_the_previous_iterations_row(tmp_path, phantom_root):
+    """Iteration 3 is still queued (read back deferred) when iteration 4 fails: its row is logged anyway."""
+    cfg = tiny_config(phantom_root, options={"fail_at": 3}, max_iterations=6, val_every=5, checkpoint_every=5)
+    with pytest.raises(RuntimeError, match="probe failure at step 3"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_run_iteration_defers_its_read_back_until_asked():

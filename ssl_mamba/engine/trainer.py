@@ -493,6 +493,9 @@ class Trainer:
                 bar.update(1)
                 if self.last_losses:
                     bar.set_postfix(loss=f"{sum(self.last_losses.values()):.4f}", refresh=False)
+        except Exception:
+            self._log_queued_after_failure()
+            raise
         finally:
             bar.close()
 
@@ -511,6 +514,14 @@ class Trainer:
             self._save_last()
         if stop and self.iteration < t.max_iterations:
             self._stop(checkpointed=checkpoint)
+
+    def _log_queued_after_failure(self) -> None:
+        """An iteration that fails (a data error, say) must not take the previous, finished one's row
+        with it: log that row before the failure propagates."""
+        try:
+            self._log_queued()
+        except TrainingDiverged as exc:  # the queued iteration diverged as well: say so, keep the failure
+            log.error("%s", exc)
 
     def _lrs(self) -> Dict[str, float]:
         return {group.name: opt.param_groups[0]["lr"] for group, opt in zip(self.groups, self.optimizers)}
