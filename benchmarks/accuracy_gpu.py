@@ -62,8 +62,8 @@ def worker(path: str, seed: int, args) -> None:
         raise SystemExit(code)
 
 
-def run_dir(args, backend: str, seed: int) -> Path:
-    return Path(args.runs) / f"{backend}_seed{seed}"
+def run_dir(args, path: str, seed: int) -> Path:
+    return Path(args.runs) / f"{path}_seed{seed}"
 
 
 def val_curve(directory: Path) -> dict:
@@ -79,13 +79,13 @@ def val_curve(directory: Path) -> dict:
 
 def drive(args) -> None:
     sys.path.insert(0, str(REPO))
-    runs = [(b, s) for b in args.backends for s in args.seeds]
+    runs = [(path, seed) for path in args.backends for seed in args.seeds]
     procs = {}
-    for index, (backend, seed) in enumerate(runs):
-        log = open(Path(args.runs) / f"{backend}_seed{seed}.log", "w")
-        cmd = [sys.executable, __file__, "--worker", backend, str(seed)] + sys.argv[1:]
+    for index, (path, seed) in enumerate(runs):
+        log = open(Path(args.runs) / f"{path}_seed{seed}.log", "w")
+        cmd = [sys.executable, __file__, "--worker", path, str(seed)] + sys.argv[1:]
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(index % args.gpus)} if args.gpus else {}))
-        procs[(backend, seed)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs[(path, seed)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + args.budget
     while time.time() < deadline and any(p.poll() is None for p in procs.values()):
         time.sleep(5)
@@ -99,10 +99,10 @@ def drive(args) -> None:
         result["card"] = torch.cuda.get_device_name()
     except Exception:  # noqa: BLE001 - the table matters more than the card name
         result["card"] = "unknown"
-    for (backend, seed), p in procs.items():
-        d = run_dir(args, backend, seed)
+    for (path, seed), p in procs.items():
+        d = run_dir(args, path, seed)
         summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        result["runs"][f"{backend}_seed{seed}"] = {"returncode": p.returncode, "val_dice": val_curve(d),
+        result["runs"][f"{path}_seed{seed}"] = {"returncode": p.returncode, "val_dice": val_curve(d),
                                                     "best_val_dice": summary.get("best_val_dice", {}).get("net1")}
     out = Path(args.out) / f"accuracy-{result['date']}{args.tag}.json"
     out.write_text(json.dumps(result, indent=1))
