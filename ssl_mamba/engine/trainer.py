@@ -520,8 +520,8 @@ class Trainer:
         with it: log that row before the failure propagates."""
         try:
             self._log_queued()
-        except TrainingDiverged as exc:  # the queued iteration diverged as well: say so, keep the failure
-            log.error("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - it diverged too, or the device is gone: report, keep the first
+            log.error("the iteration before the failure could not be logged either: %s", exc)
 
     def _lrs(self) -> Dict[str, float]:
         return {group.name: opt.param_groups[0]["lr"] for group, opt in zip(self.groups, self.optimizers)}
