@@ -4,15 +4,17 @@ Each value read back to the host mid-step (a `.item()`, an `int()` of a tensor, 
 copied up without `non_blocking`) makes the host wait for everything queued so far, and the GPU then
 idles while the host queues the rest.  The 30k UNet rows lost ~14 ms of a 34 ms iteration that way
 (benchmarks/NOTES-gpu.md, ninth session).  Under `torch.cuda.set_sync_debug_mode("error")` any such
-sync raises, so these tests name the method that brings one back.  The one read-back the trainer keeps
-on purpose (`step._read_back`, after the backward is queued, guarding the optimizer step) is outside
-what is checked here.  GPU only.
+sync raises, so these tests name the method that brings one back.  The trainer's read-back of each
+iteration's losses is deferred (step.py): the last test checks that a whole deferred iteration, optimizer
+step included, does not wait either.  GPU only.
 """
 import contextlib
+import math
 
 import pytest
 import torch
 
+from ssl_mamba.engine.step import finish_readback, run_iteration
 from ssl_mamba.losses.supervised import supervised_loss
 from test_methods import build, make_batch  # noqa: E402  (the tiny methods and batches of the method tests)
 
@@ -55,3 +57,16 @@ def test_training_step_and_backward_do_not_sync(method, nets):
             losses = [loss() if callable(loss) else loss for loss in out.losses.values()]
             sum(losses).backward()
             m.after_step(step)
+
+
+def test_a_deferred_iteration_does_not_sync():
+    m = build("mean_teacher", ["test_unet"])
+    device = torch.device("cuda")
+    m.to(device)
+    optimizers = [torch.optim.SGD(g.params, lr=0.01, momentum=0.9) for g in m.optimizer_groups()]
+    batch = make_batch().to("cuda")
+    finish_readback(run_iteration(m, optimizers, batch, 0, device, defer=True))  # warm-up, momentum buffers
+    with no_device_syncs():
+        result = run_iteration(m, optimizers, batch, 1, device, defer=True)
+    finish_readback(result)
+    assert math.isfinite(result.losses["seg"]) and isinstance(result.logs["loss/sup"], float)
