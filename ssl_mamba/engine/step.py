@@ -155,42 +155,39 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
     with amp_ctx():
         out = method.training_step(batch, step)
     result = IterationResult(logs=dict(out.logs), images=dict(out.images), step=step)
-    if defer:
-        return _run_deferred(method, optimizers, out, result, step, amp_ctx)
-    for index, (group, optimizer) in enumerate(zip(method.optimizer_groups(), optimizers)):
+    groups, losses = method.optimizer_groups(), []
+    for index, (group, optimizer) in enumerate(zip(groups, optimizers)):
         loss = _resolve_loss(out, group.name, amp_ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        value = _read_back(loss, result.logs if index == 0 else {})
-        if sync is not None:
-            value = sync.mean_value(value)
-        result.losses[group.name] = value
-        if not math.isfinite(value):
-            message = _diverged(step, group.name, value, result.logs)
-            if on_nonfinite == "stop":
-                raise TrainingDiverged(message + DIVERGED_HINT)
-            result.skipped = message
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            return result
-        if sync is not None:
-            sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
-        optimizer.step()
-    method.after_step(step)
-    return result
-
-
-def _run_deferred(method: Method, optimizers: list, out: StepOutput, result: IterationResult, step: int,
-                  amp_ctx) -> IterationResult:
-    """run_iteration's per-group loop without a read-back: the values leave in one copy at the end."""
-    losses, groups = [], method.optimizer_groups()
-    for group, optimizer in zip(groups, optimizers):
-        loss = _resolve_loss(out, group.name, amp_ctx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if not defer:
+            result.skipped = _read_and_check(loss, group.name, result, index == 0, on_nonfinite, sync)
+            if result.skipped:
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                return result
+            if sync is not None:
+                sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
         optimizer.step()
         losses.append(loss)
     method.after_step(step)
-    packed, keys = _packed(losses, result.logs)
-    result.pending = PendingValues(packed, [g.name for g in groups], keys)
+    if defer:  # the values leave in one copy, read by finish_readback
+        packed, keys = _packed(losses, result.logs)
+        result.pending = PendingValues(packed, [g.name for g in groups], keys)
     return result
+
+
+def _read_and_check(loss: torch.Tensor, group: str, result: IterationResult, first: bool, on_nonfinite: str,
+                    sync) -> Optional[str]:
+    """The synchronous read-back of one group's loss (with the first group, the logs too): raises
+    TrainingDiverged or returns the skip message for a non-finite loss, else None."""
+    value = _read_back(loss, result.logs if first else {})
+    if sync is not None:
+        value = sync.mean_value(value)
+    result.losses[group] = value
+    if math.isfinite(value):
+        return None
+    message = _diverged(result.step, group, value, result.logs)
+    if on_nonfinite == "stop":
+        raise TrainingDiverged(message + DIVERGED_HINT)
+    return message

@@ -503,7 +503,7 @@ class Trainer:
         """Log the previous iteration if its values were deferred, then this one (now, or at the next
         iteration when its values are still on their way), then checkpoint / stop when due."""
         t = self.cfg.train
-        checkpoint = self.iteration % t.checkpoint_every == 0 or self.iteration == t.max_iterations
+        checkpoint = done.iteration % t.checkpoint_every == 0 or done.iteration == t.max_iterations
         self._log_queued()  # its values have arrived while this iteration's work was queued
         boundary = checkpoint or stop or self._validates(done.iteration) or self._logs_images(done.iteration)
         if done.result.pending is not None and not boundary:
