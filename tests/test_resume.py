@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_mamba.engine.checkpoint import load_checkpoint, save_checkpoint
+from ssl_mamba.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from ssl_mamba.engine.trainer import Trainer
 from ssl_mamba.errors import UserError
 
@@ -88,6 +88,24 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(UserError, match="cannot be read"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("visible", [1, 4])
+def test_restore_rng_state_with_fewer_visible_gpus_than_saved(monkeypatch, visible):
+    """A row moved from a 4-GPU process to one card (CUDA_VISIBLE_DEVICES=0) resumes from a checkpoint with
+    four CUDA RNG states: only the visible devices' states are restored, device i from state i (restoring
+    all four crashed in torch.cuda.set_rng_state_all with IndexError).  No GPU needed: CUDA is faked."""
+    calls = []
+    record = lambda new_state, device: calls.append((device, new_state.clone()))  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", record)
+    # set_rng_state_all calls this module's own name: patched too, so it can't queue real lazy CUDA calls
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", record)
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+    restore_rng_state({**capture_rng_state(), "cuda": saved})
+    assert [device for device, _ in calls] == list(range(visible))
+    assert all(torch.equal(state, saved[i]) for i, (_, state) in enumerate(calls))
 
 
 def test_resume_without_checkpoint_and_reuse_of_run_dir_are_errors(tmp_path, phantom_root):

@@ -63,7 +63,10 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # A run resumed with fewer visible GPUs than it saved (a row moved from a 4-GPU process to one
+        # CUDA_VISIBLE_DEVICES card) restores the devices it can see; device i keeps its own stream.
+        for index, device_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state.cpu(), index)
 
 
 def seed_everything(seed: int) -> None:
