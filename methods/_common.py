@@ -116,6 +116,9 @@ class TeacherMethod(Method):
     def teacher(self) -> nn.Module:
         return self.modules["ema1"]
 
+    def no_grad_networks(self):
+        return {"ema1": self.teacher}
+
     @torch.no_grad()
     def teacher_probs(self, x: torch.Tensor, noisy: bool) -> torch.Tensor:
         """softmax(teacher(x)) without gradients, with the configured mode and optional noise."""

@@ -41,10 +41,18 @@ class InterpolationConsistency(TeacherMethod):
         lam = torch.distributions.Beta(a, a).sample((pairs, 1, 1, 1))
         return lam.to(device=like.device, dtype=like.dtype, non_blocking=True)  # no device sync for a small upload
 
+    @staticmethod
+    def mix_pairs(batch) -> int:
+        return batch.unlabeled_image.shape[0] // 2
+
+    def graph_input(self, batch):
+        """The student sees the labeled rows and one mix per pair of unlabeled rows."""
+        return batch.image[: batch.n_labeled + self.mix_pairs(batch)]
+
     def training_step(self, batch, step: int) -> StepOutput:
         require_unlabeled(batch, 2, self.name)
         unlabeled = batch.unlabeled_image
-        pairs = unlabeled.shape[0] // 2
+        pairs = self.mix_pairs(batch)
         u0, u1 = unlabeled[:pairs], unlabeled[pairs: 2 * pairs]
         lam = self.mix_factors(pairs, unlabeled)
         mixed = (1.0 - lam) * u0 + lam * u1

@@ -15,14 +15,21 @@ the first one's gradients instead of adding to them, pytorch/pytorch#181723).  T
 Calls in eval mode (validation, inference) run the plain forward.  Capturing runs a few warm-up
 passes on the first batch; the networks' buffers (BatchNorm statistics) and the RNG states are put
 back afterwards, so the capture changes neither.
+
+Networks that only ever run without gradients in a training step (EMA teachers) are replayed too,
+from a graph per input shape recorded the first time it is seen (`TeacherGraphs`): a UNet teacher's
+forward is ~150 kernel launches, and UAMT runs it five times per iteration, so with the students
+graphed the host launching the teachers became the bottleneck (MT: 29.6 ms of host per iteration
+against 20.2 ms of kernels on an H200, benchmarks/RESULTS.md v19).
 """
 import contextlib
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..metrics.graphs import EvalGraphs
 
 
 class CallGuard:
@@ -45,16 +52,32 @@ class CallGuard:
                 "activations); set train.cuda_graphs=false for this method")
 
 
-class GraphedNetworks:
-    """Graphs each network of `networks` for inputs like `sample`; `new_iteration()` before each step."""
+class TeacherGraphs(EvalGraphs):
+    """A no-grad network's forward in either mode (a train-mode teacher updates its BatchNorm
+    statistics and draws dropout masks inside the graph, as the plain forward would), replayed
+    from a graph per input shape; with gradients on, or past `max_shapes`, the plain forward runs."""
 
-    def __init__(self, networks: Dict[str, nn.Module], sample: torch.Tensor, autocast_ctx):
+    def applies(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cuda" and not torch.is_grad_enabled()
+
+    def _capture(self, x: torch.Tensor):
+        with _preserved_state([self.net]):  # the warm-up passes must not move statistics or RNG
+            return super()._capture(x)
+
+
+class GraphedNetworks:
+    """Graphs each network of `networks` for inputs like `sample`, and replays each of `no_grad`'s
+    forwards per input shape (`TeacherGraphs`); `new_iteration()` before each step."""
+
+    def __init__(self, networks: Dict[str, nn.Module], sample: torch.Tensor, autocast_ctx,
+                 no_grad: Optional[Dict[str, nn.Module]] = None):
         if sample.device.type != "cuda":
             raise ConfigError(f"train.cuda_graphs needs a CUDA device; the batch is on {sample.device}")
         self.guards: Dict[str, CallGuard] = {}
         with _preserved_state(networks.values()), autocast_ctx():
             for name, net in networks.items():
                 self._capture(name, net, sample)
+        self.teachers = {name: _replay_forward(net) for name, net in (no_grad or {}).items()}
 
     def new_iteration(self) -> None:
         for guard in self.guards.values():
@@ -77,6 +100,14 @@ class GraphedNetworks:
             return graphed(x, *rest)
 
         net.forward = guarded_forward
+
+
+def _replay_forward(net: nn.Module) -> TeacherGraphs:
+    """Route `net`'s forward through a `TeacherGraphs` (its graphs are captured at first use, under
+    the caller's autocast state, which is part of each graph's key)."""
+    graphs = TeacherGraphs(net, max_shapes=8, forward=net.forward)
+    net.forward = graphs
+    return graphs
 
 
 @contextlib.contextmanager

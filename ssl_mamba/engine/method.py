@@ -100,6 +100,16 @@ class Method:
         """Networks validated and checkpointed as `best_<name>` (default: the students)."""
         return self.students()
 
+    def no_grad_networks(self) -> Dict[str, nn.Module]:
+        """Networks that `training_step` runs only without gradients (EMA teachers); under
+        train.cuda_graphs their forwards replay from a graph per input shape (default: none)."""
+        return {}
+
+    def graph_input(self, batch) -> torch.Tensor:
+        """A tensor like the one `training_step` calls every student with, for train.cuda_graphs to
+        capture them with (default: the whole batch)."""
+        return batch.image
+
     # ---- shared helpers ---------------------------------------------------------------------
     def train(self) -> None:
         self.modules.train()

@@ -282,10 +282,11 @@ class Trainer:
 
     def _capture_graphs(self, batch) -> GraphedNetworks:
         t = self.cfg.train
-        log.info("capturing CUDA graphs of %s for input %s", ", ".join(self.method.students()),
-                 list(batch.image.shape))
-        return GraphedNetworks(self.method.students(), batch.image,
-                               lambda: autocast_context(self.device, t.amp, cache=False))
+        sample, teachers = self.method.graph_input(batch), self.method.no_grad_networks()
+        log.info("capturing CUDA graphs of %s for input %s%s", ", ".join(self.method.students()),
+                 list(sample.shape), f"; {', '.join(teachers)} replayed per input shape" if teachers else "")
+        return GraphedNetworks(self.method.students(), sample,
+                               lambda: autocast_context(self.device, t.amp, cache=False), no_grad=teachers)
 
     def _labeled_batch_size(self) -> int:
         m = self.cfg.method
