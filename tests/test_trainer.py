@@ -24,6 +24,7 @@ import ssl_mamba.data
 import ssl_mamba.models
 from ssl_mamba.config import ExperimentConfig, from_dict, load_config, save_config, validate
 from ssl_mamba.data.batch import Batch
+from ssl_mamba.engine.checkpoint import load_checkpoint, save_checkpoint
 from ssl_mamba.engine.ema import ema_update, make_teacher
 from ssl_mamba.engine.method import METHODS, Method, StepOutput
 from ssl_mamba.engine.schedules import LRSchedule
@@ -155,7 +156,6 @@ def read_events(run_dir: Path) -> dict:
 
 def wait_for_checkpoint(path: Path, min_iteration: int, timeout: float, child) -> int:
     """Poll `path` until it holds iteration >= min_iteration; returns that iteration."""
-    from ssl_mamba.engine.checkpoint import load_checkpoint
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -249,6 +249,21 @@ def test_run_config_spells_out_every_method_option(tmp_path, phantom_root):
     assert dataclasses.replace(saved, method=cfg.method) == cfg
 
 
+def test_resuming_a_checkpoint_from_before_the_time_split_counts_from_zero(tmp_path, phantom_root):
+    """last.pt files written before validation / checkpoint seconds were kept (ninth session and
+    earlier; the 3-case rows waiting to be resumed) hold only wall and train time: they resume."""
+    cfg = tiny_config(phantom_root, max_iterations=2)
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False).fit()
+    state = load_checkpoint(run / "last.pt")
+    state["elapsed"] = {k: state["elapsed"][k] for k in ("wall", "train")}
+    save_checkpoint(state, run / "last.pt")
+    write_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iterations=4)), run / "config.yaml")
+    summary = Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False).fit()
+    assert summary["iterations"] == 4 and summary["train_time_s"] > state["elapsed"]["train"]
+    assert summary["validation_time_s"] > 0 and summary["checkpoint_time_s"] > 0  # iterations 3-4 only
+
+
 def test_resuming_a_folder_without_recorded_options_says_which_defaults_apply(tmp_path, phantom_root, caplog):
     import methods  # noqa: F401 - registers mean_teacher
 
@@ -278,6 +293,9 @@ def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, net
     on_disk = _check_run_dir(tmp_path / "run", cfg, [f"net{i + 1}" for i in range(len(nets))])
     assert on_disk == json.loads(json.dumps(summary))
     assert summary["iterations"] == 4 and summary["images_per_s"] > 0
+    # where the wall time went: steps, validations (2, each timed in its log row) and last.pt writes (2)
+    parts = [summary[f"{part}_time_s"] for part in ("train", "validation", "checkpoint")]
+    assert min(parts) > 0 and sum(parts) <= summary["wall_time_s"]
     assert set(summary["best_val_dice"]) == {f"net{i + 1}" for i in range(len(nets))}
     assert summary["torch_version"] == torch.__version__
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -286,6 +304,9 @@ def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, net
     best = torch.load(tmp_path / "run" / "best_net1.pth", weights_only=True)
     net = ssl_mamba.models.create_model(nets[0], num_classes=K)
     net.load_state_dict(best)  # strict: the plain state_dict of the network
+    timed = [r for r in rows if "time/val_net1_s" in r]
+    assert [r["step"] for r in timed] == [2, 4] and all(r["time/val_net1_s"] > 0 for r in timed)
+    assert sum(r["time/val_net1_s"] for r in timed) <= summary["validation_time_s"] + 1e-9
     best_iter = summary["best_iteration"]["net1"]
     logged = [r["val/net1/dice"] for r in rows if r["step"] == best_iter][0]
     assert logged == pytest.approx(summary["best_val_dice"]["net1"])
@@ -333,7 +354,6 @@ def test_nan_loss_stops_naming_iteration_and_keeps_checkpoint(tmp_path, phantom_
     cfg = tiny_config(phantom_root, options={"nan_at": 2}, max_iterations=4)
     with pytest.raises(TrainingDiverged, match=r"iteration 3 .*loss/ce"):
         Trainer(cfg, tmp_path / "run", progress=False).fit()
-    from ssl_mamba.engine.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2  # the last good one
 
@@ -345,7 +365,6 @@ def test_deferred_nan_is_caught_before_the_next_checkpoint(tmp_path, phantom_roo
     cfg = tiny_config(phantom_root, options={"nan_at": 2}, max_iterations=8, val_every=4, checkpoint_every=2)
     with pytest.raises(TrainingDiverged, match=r"iteration 3 .*loss/ce"):
         Trainer(cfg, tmp_path / "run", progress=False).fit()
-    from ssl_mamba.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["iteration"] == 2
@@ -363,7 +382,8 @@ def test_deferred_read_back_logs_what_the_synchronous_one_logs(tmp_path, phantom
         trainer = Trainer(cfg, tmp_path / mode, progress=False)
         assert trainer.defer_readback == (mode == "stop")
         trainer.fit()
-        rows = read_jsonl(tmp_path / mode / "metrics.jsonl")
+        rows = [{k: v for k, v in row.items() if not k.startswith("time/")}  # seconds differ between runs
+                for row in read_jsonl(tmp_path / mode / "metrics.jsonl")]
         runs[mode] = (rows, trainer.method.modules["net1"].state_dict())
     assert [r["step"] for r in runs["stop"][0]] == list(range(1, 8))
     assert runs["stop"][0] == runs["skip"][0]

@@ -219,7 +219,8 @@ class Trainer:
         self.iteration = 0
         self.best: Dict[str, Dict[str, float]] = {}
         self.skipped = 0
-        self.elapsed = {"wall": 0.0, "train": 0.0}
+        # seconds: wall clock; the training steps; validations; last.pt writes (summary.json splits a run's time)
+        self.elapsed = {"wall": 0.0, "train": 0.0, "validation": 0.0, "checkpoint": 0.0}
         # read each iteration's values back while the next one runs (step.py); the sync path stays for
         # on_nonfinite=skip, which must drop the gradients before the step, and for torchrun's all-reduce
         self.defer_readback = self.sync is None and cfg.train.on_nonfinite == "stop"
@@ -333,7 +334,7 @@ class Trainer:
         self._restore_rank_rng(state)
         self.best = dict(state["best"])
         self.skipped = int(state["skipped"])
-        self.elapsed = dict(state["elapsed"])
+        self.elapsed = {**self.elapsed, **state["elapsed"]}  # checkpoints before the split lack some keys
         self._apply_lr()
 
     def _restore_rank_rng(self, state: dict) -> None:
@@ -354,10 +355,12 @@ class Trainer:
             set_lr(opt, schedule(self.iteration))
 
     def _save_last(self) -> None:
+        tick = time.perf_counter()
         state = self.state_dict()
         ddp.check_replicas(self.method.modules, self.dist, self.iteration)
         if self.dist.is_main:
             save_checkpoint(state, self.run_dir / LAST)
+        self.elapsed["checkpoint"] += time.perf_counter() - tick  # the last.pt just written holds the time before it
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -575,6 +578,7 @@ class Trainer:
 
         scalars: Dict[str, float] = {}
         for name, net in self.method.eval_networks().items():
+            tick = time.perf_counter()
             net.eval()
             with torch.no_grad():
                 res = evaluate_volumes(net, self.source, self.val_names, self.cfg.data.num_classes,
@@ -587,8 +591,11 @@ class Trainer:
             if best is None or dice > best["dice"]:
                 self.best[name] = {"dice": dice, "iteration": self.iteration}
                 save_network(net, self.run_dir / f"best_{name}.pth")
-            log.info("iteration %d: %s val mean Dice %.4f (best %.4f at %d)", self.iteration, name, dice,
-                     self.best[name]["dice"], self.best[name]["iteration"])
+            seconds = time.perf_counter() - tick
+            self.elapsed["validation"] += seconds
+            scalars[f"time/val_{name}_s"] = seconds
+            log.info("iteration %d: %s val mean Dice %.4f (best %.4f at %d; %.1f s)", self.iteration, name, dice,
+                     self.best[name]["dice"], self.best[name]["iteration"], seconds)
         self.method.train()
         return scalars
 
@@ -607,6 +614,8 @@ class Trainer:
             "skipped_steps": self.skipped,
             "wall_time_s": self.elapsed["wall"],
             "train_time_s": train_time,
+            "validation_time_s": self.elapsed["validation"],
+            "checkpoint_time_s": self.elapsed["checkpoint"],
             "images_per_s": images / train_time if train_time > 0 else None,
             "device": str(self.device),
             "device_name": device_name(self.device),
