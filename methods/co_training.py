@@ -23,6 +23,7 @@ def rotation_consistency(probs_u: torch.Tensor, probs_rot: torch.Tensor, k: int)
 class DeepCoTraining(Method):
     name = "co_training"
     num_networks = (1, 1)
+    graphable = False  # the student runs twice: on the batch, then on the rotated unlabeled rows
 
     def training_step(self, batch, step: int) -> StepOutput:
         require_unlabeled(batch, 1, self.name)

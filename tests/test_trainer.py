@@ -542,6 +542,14 @@ def test_cuda_graphs_on_a_cpu_device_fails_before_training(tmp_path, phantom_roo
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_cuda_graphs_for_a_method_that_runs_its_student_twice_fails_before_training(tmp_path, phantom_root):
+    import methods  # noqa: F401 - registers co_training
+
+    cfg = tiny_config(phantom_root, method="co_training", labeled_batch_size=2, cuda_graphs=True)
+    with pytest.raises(ConfigError, match="method 'co_training' runs a student more than once.*cuda_graphs=false"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+
+
 def test_low_memory_scan_off_cuda_fails_before_training(tmp_path, phantom_root):
     with pytest.raises(ConfigError, match="train.low_memory_scan .* train.device resolves to cpu"):
         Trainer(tiny_config(phantom_root, low_memory_scan=True), tmp_path / "run", progress=False)

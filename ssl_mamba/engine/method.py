@@ -60,6 +60,9 @@ class Method:
     num_networks: Tuple[int, int] = (1, 1)  # (min, max) number of backbones in model.networks
     Options: type = NoOptions
     needs_unlabeled: bool = True  # False: the sampler yields labeled data only
+    # train.cuda_graphs replays each student's captured forward and backward: a method may call each
+    # student once per training_step, on a tensor shaped like graph_input(batch); False if it cannot
+    graphable: bool = True
 
     def __init__(self, cfg: ExperimentConfig, networks: List[nn.Module]):
         lo, hi = self.num_networks

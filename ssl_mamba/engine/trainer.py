@@ -233,6 +233,9 @@ class Trainer:
         apply low_memory_scan and compile."""
         cfg, cuda = self.cfg, self.device.type == "cuda"
         self._check_compilable()
+        if cfg.train.cuda_graphs and not self.method.graphable:
+            raise ConfigError(f"train.cuda_graphs: method {cfg.method.name!r} runs a student more than once per "
+                              "iteration, which a captured graph cannot; set train.cuda_graphs=false")
         for key, on in (("train.cuda_graphs", cfg.train.cuda_graphs), ("eval.cuda_graphs", cfg.eval.cuda_graphs),
                         ("train.compile", cfg.train.compile), ("eval.compile", cfg.eval.compile)):
             if on and not cuda:
