@@ -4,6 +4,7 @@
         --set data.root=.pack/acdc --jobs 2 [--iterations 3000] [--seeds 1337 2 3] [--commit HASH]
     python scripts/reproduce.py run CONFIGS --jobs 4 --gpus 2   # two rows per GPU of a 2-GPU machine
     python scripts/reproduce.py run A.yaml B.yaml --jobs 2 --gpus 4 --gpus-per-row 2   # each row on 2 GPUs (DDP)
+    python scripts/reproduce.py run CONFIGS --cuda-graphs   # train graphs for each row whose method allows them
     python scripts/reproduce.py table            # rewrites the table in results/README.md
     python scripts/reproduce.py collect fetched/runs/published/*   # rows published on the GPU machine
 
@@ -323,6 +324,8 @@ def command_run(args: argparse.Namespace) -> None:
     if args.iterations:
         overrides.append(f"train.max_iterations={args.iterations}")
     full = {Path(c): load_config(c).train.max_iterations for c in args.configs}
+    per_row = {Path(c): overrides + (graph_overrides(load_config(c).method.name) if args.cuda_graphs else [])
+               for c in args.configs}
     jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
     for sig in (signal.SIGTERM, signal.SIGINT):  # a time limit or Ctrl-C: rows stop resumably
         signal.signal(sig, request_stop)
@@ -334,7 +337,7 @@ def command_run(args: argparse.Namespace) -> None:
     # rows per card: --jobs rows of cards_per_row cards each over --gpus cards, rounded up
     shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) * cards_per_row // (args.gpus or 1))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(train_and_evaluate, config, seed, runs, overrides, runs, code, gpus): (config, seed)
+        futures = {pool.submit(train_and_evaluate, config, seed, runs, per_row[config], runs, code, gpus): (config, seed)
                    for config, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
             config, seed = futures[future]
@@ -352,6 +355,19 @@ def command_run(args: argparse.Namespace) -> None:
             print(f"published {dest}", flush=True)
     if _STOP.is_set():
         raise SystemExit("stopped by a signal: the unfinished rows resume with the same command")
+
+
+def graph_overrides(method: str) -> List[str]:
+    """--cuda-graphs: train and eval CUDA graphs for a row whose method can be graphed (`Method.graphable`),
+    eval graphs alone otherwise (said on stdout), so one command can run every row of a table."""
+    import methods  # noqa: F401 - registers the methods
+    from ssl_mamba.engine.method import METHODS
+
+    if METHODS.get(method).graphable:
+        return ["train.cuda_graphs=true", "eval.cuda_graphs=true"]
+    print(f"--cuda-graphs: method {method!r} runs a student twice per iteration; its rows train without "
+          "train.cuda_graphs", flush=True)
+    return ["eval.cuda_graphs=true"]
 
 
 def provenance_table(rows: List[Path]) -> str:
@@ -446,6 +462,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--concurrent-rows", type=int,
                      help="rows sharing a card when several reproduce commands run at once "
                           "(default: --jobs / --gpus, rounded up)")
+    run.add_argument("--cuda-graphs", action="store_true",
+                     help="train.cuda_graphs for the rows whose method allows it, eval.cuda_graphs for all (CUDA)")
     run.add_argument("--runs", default="runs/reproduce")
     run.add_argument("--results", default=str(REPO / "results"))
     run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")

@@ -286,3 +286,13 @@ def test_published_metrics_are_gzipped_and_still_drawn(reproduce, tmp_path, monk
     kept = dict(zip(*from_plain["loss/seg"]))
     assert from_gz["loss/seg"][1] == [kept[step] for step in from_gz["loss/seg"][0]]
     assert json.loads((dest / "provenance.json").read_text())["metrics_every"] == 10
+
+
+def test_cuda_graphs_flag_graphs_each_row_whose_method_allows_it(reproduce, capsys):
+    """One command for every row of a table: co_training (its student runs twice per iteration) keeps
+    eval graphs only, and says so; the others get train graphs too.  The 30k ICT row had failed at its
+    first iteration when train.cuda_graphs was passed to every row."""
+    assert reproduce.graph_overrides("mean_teacher") == ["train.cuda_graphs=true", "eval.cuda_graphs=true"]
+    assert reproduce.graph_overrides("ict") == ["train.cuda_graphs=true", "eval.cuda_graphs=true"]
+    assert reproduce.graph_overrides("co_training") == ["eval.cuda_graphs=true"]
+    assert "'co_training' runs a student twice" in capsys.readouterr().out
