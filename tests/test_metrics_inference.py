@@ -141,6 +141,23 @@ def test_evaluate_volumes_aggregates_cases_and_classes():
     assert d["num_cases"] == 2 and len(d["per_case"]) == 6 and d["settings"]["empty_policy"] == "original"
 
 
+def test_volumes_scored_in_threads_keep_their_order_and_scores():
+    """Validation and `ssl-mamba evaluate` score volumes in threads while the next ones are predicted:
+    the result must be the one-thread result, case for case and slice for slice."""
+    rng = np.random.default_rng(7)
+    volumes = {}
+    for i in range(6):
+        label = label_volume(rng, (2 + i % 3, 32, 32))
+        image = label.astype(np.float32) / (K - 1)
+        image[:, :, : 4 * i] = 0  # a different miss per volume, so the order shows
+        volumes[f"v{i}"] = (image, label)
+    names = list(volumes)
+    runs = [evaluate_volumes(LabelEchoNet(), DictSource(volumes), names, K, (32, 32), EvalConfig(), torch.device("cpu"),
+                             threads=n).to_dict() for n in (1, 4)]
+    assert runs[0] == runs[1]
+    assert [r["case"] for r in runs[1]["per_case"]][::3] == names
+
+
 @pytest.mark.skipif(not (ACDC / "test.list").is_file(), reason="ACDC data not present at ../shared/datasets/ACDC")
 def test_real_acdc_volume():
     import h5py

@@ -4,7 +4,9 @@ The protocol of the papers (reference-original.md §6): each metric per class on
 volume, then the mean over the volumes per class, then the mean over the foreground classes.
 Means use nanmean, so values the "nan" empty policy leaves undefined are excluded.
 """
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -78,15 +80,22 @@ def summarize(per_case: List[Dict[str, Any]], num_classes: int, slice_values: Op
     return EvalResult(per_case, per_class, mean, list(slice_values or []), dict(settings or {}))
 
 
+# Threads scoring volumes while the next ones are predicted: the surface distances (scipy's Euclidean
+# distance transforms, which release the GIL) are ~90% of the scoring, and scoring 20 ACDC volumes
+# took 0.53 s in one thread and 0.32 s in two on a 2-core machine.
+METRIC_THREADS = min(4, os.cpu_count() or 1)
+
+
 def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_classes: int, patch_size: Sequence[int],
                      eval_cfg: EvalConfig, device: Optional[torch.device] = None, progress: bool = False,
-                     graphs=None) -> EvalResult:
+                     graphs=None, threads: int = METRIC_THREADS) -> EvalResult:
     """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`.
 
     eval_cfg: interp_order and tta_flip (inference), empty_policy and asd_mode (metrics), spacing
     (one value per axis of the (S, H, W) volume, e.g. [10, 1.5, 1.5]; null = unit, as the papers).
     device: where the slices go (None: the network's device).  progress: a tqdm bar over volumes.
     graphs: an `EvalGraphs` of `net`, kept by the caller across calls (validation during training).
+    threads: volumes scored at once (the scores do not depend on it).
     """
     check_patch_size(net, patch_size)
     spacing = list(eval_cfg.spacing) if eval_cfg.spacing is not None else None
@@ -95,13 +104,21 @@ def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_clas
         from tqdm import tqdm
 
         iterator = tqdm(names, desc="evaluate", unit="vol", leave=False)
-    rows, slices = [], []
-    for name in iterator:
-        image, label = source.read_volume(name)
-        pred = predict_volume(net, image, patch_size, eval_cfg.interp_order, eval_cfg.tta_flip, device,
-                              graphs=graphs)
-        scores = case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode)
-        rows.extend({"case": name, "class": c, **scores[c]} for c in sorted(scores))
-        slices.extend(slice_dice(pred, label, num_classes))
+    def score(pred: np.ndarray, label: np.ndarray):
+        return (case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode),
+                slice_dice(pred, label, num_classes))
+
+    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+        pending = []  # in the order of `names`: the rows and slice values keep that order
+        for name in iterator:
+            image, label = source.read_volume(name)
+            pred = predict_volume(net, image, patch_size, eval_cfg.interp_order, eval_cfg.tta_flip, device,
+                                  graphs=graphs)
+            pending.append((name, pool.submit(score, pred, label)))
+        rows, slices = [], []
+        for name, future in pending:
+            scores, slice_values = future.result()
+            rows.extend({"case": name, "class": c, **scores[c]} for c in sorted(scores))
+            slices.extend(slice_values)
     settings = {**to_dict(eval_cfg), "num_classes": num_classes, "patch_size": list(patch_size)}
     return summarize(rows, num_classes, slices, settings)
