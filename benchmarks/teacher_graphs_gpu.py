@@ -40,4 +40,5 @@ if __name__ == "__main__":
     torch.backends.cudnn.benchmark = True
     for name in sys.argv[1:] or ["mean_teacher", "uamt", "ict"]:
         eager, replayed = iteration_ms(name, False), iteration_ms(name, True)
-        print(f"{name:14s} teacher eager {eager:6.2f} ms  replayed {replayed:6.2f} ms  {eager / replayed:.2f}x", flush=True)
+        print(f"{name:14s} teacher eager {eager:6.2f} ms  replayed {replayed:6.2f} ms  {eager / replayed:.2f}x",
+              flush=True)

@@ -337,8 +337,8 @@ def command_run(args: argparse.Namespace) -> None:
     # rows per card: --jobs rows of cards_per_row cards each over --gpus cards, rounded up
     shared = args.concurrent_rows or -(-min(args.jobs, len(jobs)) * cards_per_row // (args.gpus or 1))
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(train_and_evaluate, config, seed, runs, per_row[config], runs, code, gpus): (config, seed)
-                   for config, seed in jobs}
+        futures = {pool.submit(train_and_evaluate, config, seed, runs, per_row[config], runs, code, gpus):
+                   (config, seed) for config, seed in jobs}
         for future in concurrent.futures.as_completed(futures):
             config, seed = futures[future]
             try:

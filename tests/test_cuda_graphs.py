@@ -214,8 +214,8 @@ def test_teacher_method_iterations_with_graphs_match_eager_ones(full_fp32, metho
         batch = make_batch(size=6, labeled=2, spatial=64).to("cuda")
         graphs = None
         if use_graphs:
-            graphs = GraphedNetworks(m.students(), m.graph_input(batch),
-                                     lambda: autocast_context(device, "none", cache=False), no_grad=m.no_grad_networks())
+            amp = lambda: autocast_context(device, "none", cache=False)  # noqa: E731
+            graphs = GraphedNetworks(m.students(), m.graph_input(batch), amp, no_grad=m.no_grad_networks())
         torch.manual_seed(1)  # the same noise draws in both runs
         for step in range(3):
             finish_readback(run_iteration(m, optimizers, batch, step, device, graphs=graphs))

@@ -16,7 +16,7 @@ WARMUP_PASSES = 2  # before a capture: lazy initialisation and kernel compilatio
 
 
 class EvalGraphs:
-    """Calls `net(x)` through a CUDA graph per (shape, dtype, autocast) of x; anything else (CPU,
+    """Calls `net(x)` through a CUDA graph per (shape, dtype, autocast, mode) of x; anything else (CPU,
     grad enabled, training mode, more than `max_shapes` shapes) runs the plain forward.
 
     `forward`: the callable replayed, when it is not `net` itself (a subclass that replaces
