@@ -11,6 +11,7 @@ from torch import nn
 
 matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ssl_mamba.config import ExperimentConfig, save_config  # noqa: E402
 from ssl_mamba.errors import DataError  # noqa: E402
@@ -125,6 +126,7 @@ def test_paper_tables_hold_the_published_numbers():
 def assert_png(path):
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
+    assert Image.open(path).mode == "P"  # a palette PNG: half the bytes of RGBA in every results folder
     pixels = mpimg.imread(path)
     assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.shape[1] > 50
     assert pixels[..., :3].std() > 0.01  # something was drawn
