@@ -363,13 +363,18 @@ def test_deferred_nan_is_caught_before_the_next_checkpoint(tmp_path, phantom_roo
     deferred read-back): the NaN must still be named as iteration 3's, no row for it or later may be
     logged, and no checkpoint may hold the NaN step's weights."""
     cfg = tiny_config(phantom_root, options={"nan_at": 2}, max_iterations=8, val_every=4, checkpoint_every=2)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
     with pytest.raises(TrainingDiverged, match=r"iteration 3 .*loss/ce"):
-        Trainer(cfg, tmp_path / "run", progress=False).fit()
+        trainer.fit()
 
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["iteration"] == 2
     weights = [v for v in state["method"].values() if v.is_floating_point()]
     assert weights and all(torch.isfinite(v).all() for v in weights)
+    # the weights in memory had taken the NaN step and the next: the trainer is put back to last.pt
+    assert trainer.iteration == 2
+    for name, value in trainer.method.state_dict().items():
+        assert torch.equal(value, state["method"][name]), name
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 
 

@@ -391,6 +391,7 @@ class Trainer:
             return summary
         except TrainingDiverged as exc:
             log.error("%s", exc)
+            self._rewind_after_divergence()
             raise
         except TrainingInterrupted as exc:
             log.warning("%s", exc)
@@ -402,6 +403,14 @@ class Trainer:
             if close is not None:
                 close()
             ddp.shutdown(self.dist)
+
+    def _rewind_after_divergence(self) -> None:
+        """A deferred read-back names the NaN one iteration late, after the weights in memory took the
+        NaN step and the next: put the trainer back to last.pt, so a caller who catches the error holds
+        the state that resuming would give (the synchronous path stops before the bad step)."""
+        if self.defer_readback and (self.run_dir / LAST).is_file():
+            self.load_state_dict(load_checkpoint(self.run_dir / LAST, map_location=self.device))
+            log.info("the trainer's state in memory is last.pt's again (iteration %d)", self.iteration)
 
     def _log_start(self) -> None:
         if not self.dist.is_main:
