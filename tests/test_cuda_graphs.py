@@ -50,13 +50,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+def _without_dropout(net):
+    for module in net.modules():  # two nets would draw different masks; compare without them
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+    return net
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_graphed_training_steps_match_eager_steps(full_fp32):
     torch.manual_seed(0)
-    eager = create_model("unet", num_classes=4).cuda().train()
-    for module in eager.modules():  # the two nets draw different dropout masks; compare without them
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-            module.p = 0.0
+    eager = _without_dropout(create_model("unet", num_classes=4)).cuda().train()
     graphed = copy.deepcopy(eager)
     initial = copy.deepcopy(eager.state_dict())
     x = torch.randn(4, 1, 64, 64, device="cuda")
@@ -156,13 +160,6 @@ def test_teacher_replay_falls_back_to_the_plain_forward_off_the_gpu_or_with_grad
     with torch.no_grad():
         assert torch.equal(net(x), expected.detach())  # CPU: the original forward, not a recursion
     assert net(x).requires_grad and graphs.graphs == {}
-
-
-def _without_dropout(net):
-    for module in net.modules():  # two nets would draw different masks; compare without them
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-            module.p = 0.0
-    return net
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
