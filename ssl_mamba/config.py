@@ -187,6 +187,18 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _near_names(path: Path) -> str:
+    """'; did you mean ...' with the closest YAML names beside a missing config file (a row name typed
+    from a paper table, e.g. cps_unet_3cases, when only cps_unet_7cases exists), or nothing."""
+    import difflib
+
+    if not path.parent.is_dir():
+        return ""
+    names = sorted(p.name for p in path.parent.glob("*.yaml"))
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(base)
     for k, v in update.items():
@@ -199,7 +211,7 @@ def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
 
 def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}{_near_names(path)}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' files form a cycle")
     try:

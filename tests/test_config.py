@@ -1,4 +1,6 @@
 """Config loading, `base:` inheritance, overrides and the errors users see."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -82,6 +84,13 @@ def test_bad_choices_and_cross_field_checks():
         load_config(None, ["method.batch_size=4", "method.labeled_batch_size=8"])
     with pytest.raises(ConfigError, match="one path \\(or null\\) per network"):
         load_config(None, ["model.networks=[unet, mamba_unet]", "model.pretrained=[x.pth]"])
+
+
+def test_a_missing_config_names_the_closest_ones_beside_it():
+    """A row name typed from a paper table that has no config (Table 2 has no CPS row)."""
+    acdc = Path(__file__).resolve().parents[1] / "configs" / "acdc"
+    with pytest.raises(ConfigError, match=r"cps_unet_3cases.yaml; did you mean cps_unet_7cases.yaml"):
+        load_config(acdc / "cps_unet_3cases.yaml")
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
