@@ -126,8 +126,7 @@ def finish_readback(result: IterationResult) -> IterationResult:
     result.logs.update(zip(pending.log_keys, values[n:]))
     result.losses = dict(zip(pending.groups, values[:n]))
     for group, value in result.losses.items():
-        if not math.isfinite(value):
-            raise TrainingDiverged(_diverged(result.step, group, value, result.logs) + DIVERGED_HINT)
+        _check_finite(result, group, value, "stop")
     return result
 
 
@@ -185,6 +184,11 @@ def _read_and_check(loss: torch.Tensor, group: str, result: IterationResult, fir
     if sync is not None:
         value = sync.mean_value(value)
     result.losses[group] = value
+    return _check_finite(result, group, value, on_nonfinite)
+
+
+def _check_finite(result: IterationResult, group: str, value: float, on_nonfinite: str) -> Optional[str]:
+    """None for a finite loss; else TrainingDiverged (on_nonfinite "stop") or the skip message."""
     if math.isfinite(value):
         return None
     message = _diverged(result.step, group, value, result.logs)
