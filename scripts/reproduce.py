@@ -323,9 +323,10 @@ def command_run(args: argparse.Namespace) -> None:
     overrides = list(args.set)
     if args.iterations:
         overrides.append(f"train.max_iterations={args.iterations}")
-    full = {Path(c): load_config(c).train.max_iterations for c in args.configs}
-    per_row = {Path(c): overrides + (graph_overrides(load_config(c).method.name) if args.cuda_graphs else [])
-               for c in args.configs}
+    configs = {Path(c): load_config(c) for c in args.configs}
+    full = {path: cfg.train.max_iterations for path, cfg in configs.items()}
+    per_row = {path: overrides + (graph_overrides(cfg.method.name) if args.cuda_graphs else [])
+               for path, cfg in configs.items()}
     jobs = [(Path(c), seed) for c in args.configs for seed in (args.seeds or [None])]
     for sig in (signal.SIGTERM, signal.SIGINT):  # a time limit or Ctrl-C: rows stop resumably
         signal.signal(sig, request_stop)
