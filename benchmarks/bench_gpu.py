@@ -432,21 +432,22 @@ def _model_bench(backend: str, bf16: bool, batch: int, iters: int, graphs: bool,
 
 def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", batch: int = 16,
                       bf16: bool = False, networks=None, size: int = 224, iters: int = 20,
-                      device: str = "cuda", graphs: bool = False, compiled: bool = False) -> dict:
+                      device: str = "cuda", graphs: bool = False, compiled: bool = False,
+                      teachers: bool = True) -> dict:
     """One training iteration of a library method as the trainer runs it (`engine.step.run_iteration`:
     the method's training_step, each optimizer group's backward and step, after_step, with the losses
     read back and checked while the next iteration is queued, as the trainer does since the ninth session),
     on synthetic data: by default Semi-Mamba-UNet's cross teaching, UNet + Mamba-UNet, batch 16
     (8 labeled).  `networks` / `size` / `device` let it run small on a CPU as a smoke check;
-    `graphs` captures the students as train.cuda_graphs does, `compiled` compiles their blocks as
-    train.compile does."""
+    `graphs` captures the students as train.cuda_graphs does (and, with `teachers`, replays an EMA
+    teacher's forward), `compiled` compiles their blocks as train.compile does."""
     import dataclasses
 
     from ssl_mamba.config import load_config
     from ssl_mamba.data.batch import Batch
     from ssl_mamba.engine.method import METHODS
     from ssl_mamba.engine.optim import build_all
-    from ssl_mamba.engine.cuda_graphs import GraphedNetworks
+    from ssl_mamba.engine.cuda_graphs import graph_method
     from ssl_mamba.engine.step import autocast_context, finish_readback, run_iteration
     from ssl_mamba.engine.trainer import build_networks
     import methods  # noqa: F401 - registers the methods
@@ -469,7 +470,7 @@ def method_step_bench(config: str = "configs/acdc/semi_mamba_unet_7cases.yaml", 
     dev, amp = torch.device(device), "bf16" if bf16 else "none"
     captured = None
     if graphs:
-        captured = GraphedNetworks(method.students(), data.image, lambda: autocast_context(dev, amp, cache=False))
+        captured = graph_method(method, data, lambda: autocast_context(dev, amp, cache=False), teachers)
 
     queued = []
 

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from ssl_mamba.engine.cuda_graphs import CallGuard, GraphedNetworks
+from ssl_mamba.engine.cuda_graphs import CallGuard, GraphedNetworks, graph_method
 from ssl_mamba.engine.step import autocast_context
 from ssl_mamba.errors import ConfigError
 from ssl_mamba.models import create_model
@@ -211,8 +211,7 @@ def test_teacher_method_iterations_with_graphs_match_eager_ones(full_fp32, metho
         batch = make_batch(size=6, labeled=2, spatial=64).to("cuda")
         graphs = None
         if use_graphs:
-            amp = lambda: autocast_context(device, "none", cache=False)  # noqa: E731
-            graphs = GraphedNetworks(m.students(), m.graph_input(batch), amp, no_grad=m.no_grad_networks())
+            graphs = graph_method(m, batch, lambda: autocast_context(device, "none", cache=False))
         torch.manual_seed(1)  # the same noise draws in both runs
         for step in range(3):
             finish_readback(run_iteration(m, optimizers, batch, step, device, graphs=graphs))

@@ -102,6 +102,13 @@ class GraphedNetworks:
         net.forward = guarded_forward
 
 
+def graph_method(method, batch, autocast_ctx, teachers: bool = True) -> GraphedNetworks:
+    """train.cuda_graphs for a method: its students captured for `method.graph_input(batch)`, and (with
+    `teachers`) its no-grad networks replayed per input shape."""
+    return GraphedNetworks(method.students(), method.graph_input(batch), autocast_ctx,
+                           no_grad=method.no_grad_networks() if teachers else None)
+
+
 def _replay_forward(net: nn.Module) -> TeacherGraphs:
     """Route `net`'s forward through a `TeacherGraphs` (its graphs are captured at first use, under
     the caller's autocast state, which is part of each graph's key)."""

@@ -33,7 +33,7 @@ from ..utils.log import get_logger
 from . import distributed as ddp
 from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, save_network,
                          seed_everything)
-from .cuda_graphs import GraphedNetworks
+from .cuda_graphs import GraphedNetworks, graph_method
 from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
@@ -286,11 +286,11 @@ class Trainer:
 
     def _capture_graphs(self, batch) -> GraphedNetworks:
         t = self.cfg.train
-        sample, teachers = self.method.graph_input(batch), self.method.no_grad_networks()
+        teachers = self.method.no_grad_networks()
         log.info("capturing CUDA graphs of %s for input %s%s", ", ".join(self.method.students()),
-                 list(sample.shape), f"; {', '.join(teachers)} replayed per input shape" if teachers else "")
-        return GraphedNetworks(self.method.students(), sample,
-                               lambda: autocast_context(self.device, t.amp, cache=False), no_grad=teachers)
+                 list(self.method.graph_input(batch).shape),
+                 f"; {', '.join(teachers)} replayed per input shape" if teachers else "")
+        return graph_method(self.method, batch, lambda: autocast_context(self.device, t.amp, cache=False))
 
     def _labeled_batch_size(self) -> int:
         m = self.cfg.method
