@@ -18,7 +18,8 @@ from ssl_mamba.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
-EXPERIMENTS = [p for p in CONFIGS if "base" not in p.relative_to(REPO / "configs").parts]
+EXPERIMENTS = [p for p in CONFIGS if not {"base", "diagnostics"} & set(p.relative_to(REPO / "configs").parts)]
+DIAGNOSTICS = sorted((REPO / "configs" / "diagnostics").glob("*.yaml"))  # runs beside the paper rows
 SIZE = 32  # the tiny segmenters accept multiples of 32
 DISC_SIZE = 64  # test_discriminator's pooling fits 64x64 inputs
 
@@ -293,6 +294,20 @@ def test_configs_exist_for_every_paper_row():
     others = {(p.parent.name, p.stem) for p in EXPERIMENTS if p.parent.name != "acdc"}
     assert {("synapse", f"fully_{net}") for net in ("unet", "swin_unet", "mamba_unet")} <= others
     assert {("promise12", "semi_mamba_unet_8cases"), ("promise12", "semi_mamba_unet_12cases")} <= others
+
+
+def test_supervised_diagnostics_train_exactly_the_semi_rows_supervised_half():
+    """configs/diagnostics/<dataset>_supervised_unet_<N>cases: the UNet semi rows minus their unlabeled
+    loss, so the labeled cases, schedule, optimiser and labeled rows per batch must be the semi row's."""
+    pairs = [(p, REPO / "configs" / "acdc" / f"mt_unet_{p.stem.split('_')[-1]}.yaml")
+             for p in DIAGNOSTICS if p.stem.startswith("acdc_supervised_unet_")]
+    assert len(pairs) == 2
+    for path, semi_path in pairs:
+        cfg, semi = load_config(path), load_config(semi_path)
+        assert path.read_text().startswith("# Not a paper row") and cfg.name == path.stem
+        assert cfg.method.name == "supervised" and cfg.model.networks == semi.model.networks
+        assert cfg.method.batch_size == semi.method.labeled_batch_size and cfg.method.labeled_batch_size is None
+        assert (cfg.data, cfg.train, cfg.eval) == (semi.data, semi.train, semi.eval), path.name
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name != "acdc"],

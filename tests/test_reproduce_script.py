@@ -55,10 +55,15 @@ def test_source_fingerprint_tracks_code_not_runs(reproduce, tmp_path):
     assert reproduce.source_sha256(tmp_path) != first
 
 
-def test_provenance_table_labels_shortened_schedules(reproduce):
-    table = reproduce.provenance_table([REPO / "results" / "acdc_ict_unet_3cases",
-                                        REPO / "results" / "acdc_fully_mamba_unet"])
-    assert "| acdc_ict_unet_3cases | 2000 (shortened from 30000) |" in table
+def test_provenance_table_labels_shortened_schedules(reproduce, tmp_path):
+    # A made-up shortened row beside a committed full one: committed rows get re-run at full length.
+    short = tmp_path / "acdc_short_row"
+    short.mkdir()
+    (short / "provenance.json").write_text(json.dumps(
+        {"iterations": 2000, "protocol_iterations": 30000, "shortened": True, "wall_time_s": 120.0,
+         "images_per_s": 50.0}))
+    table = reproduce.provenance_table([short, REPO / "results" / "acdc_fully_mamba_unet"])
+    assert "| acdc_short_row | 2000 (shortened from 30000) |" in table
     assert "| acdc_fully_mamba_unet | 10000 |" in table
 
 
