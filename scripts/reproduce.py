@@ -307,6 +307,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "data_pack_dtype": pack_dtype(cfg.data.root),
         "concurrent_rows": concurrent_rows,
         "processes": summary.get("processes", 1),  # > 1: data-parallel over that many GPUs
+        "amp": summary.get("amp", "none"),  # the training precision: none (fp32 / TF32) | bf16
         "metrics_every": METRICS_EVERY,  # the published metrics.jsonl.gz's training-line stride
         "date": time.strftime("%Y-%m-%d"),
         **extra,
@@ -372,8 +373,10 @@ def graph_overrides(method: str) -> List[str]:
 
 
 def provenance_table(rows: List[Path]) -> str:
-    """Where each row came from: schedule (full or shortened), card, wall time, commit, data dtype."""
-    lines = ["| run | iterations | card | wall time | img/s | commit | data |", "|---|---|---|---|---|---|---|"]
+    """Where each row came from: schedule (full or shortened), card, wall time, commit, data dtype and
+    training precision."""
+    lines = ["| run | iterations | card | wall time | img/s | commit | data, precision |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         p = json.loads((row / "provenance.json").read_text()) if (row / "provenance.json").is_file() else {}
         iters = f"{p.get('iterations')}" + (f" (shortened from {p['protocol_iterations']})" if p.get("shortened") else "")
@@ -384,11 +387,21 @@ def provenance_table(rows: List[Path]) -> str:
             wall += f" on {p['processes']} GPUs"
         speed = f"{p['images_per_s']:.0f}" if p.get("images_per_s") else "?"
         data = f"pack {p['data_pack_dtype']}" if p.get("data_pack_dtype") else "h5 files"
+        data += ", " + training_precision(row, p)
         if len(p.get("segments", [])) > 1:  # resumed across calls: say so, and whether the code changed
             wall += f", {len(p['segments'])} segments" + (" of different code" if p.get("mixed_code") else "")
         lines.append(f"| {row.name} | {iters} | {card_label(p)} | {wall} | {speed} | "
                      f"{str(p.get('commit', '?'))[:10]} | {data} |")
     return "\n".join(lines)
+
+
+def training_precision(row: Path, provenance: dict) -> str:
+    """fp32 (TF32 matmuls, `train.amp: none`) or bf16 autocast; rows published before provenance.json
+    recorded it fall back to their summary.json."""
+    amp = provenance.get("amp")
+    if amp is None and (row / "summary.json").is_file():
+        amp = json.loads((row / "summary.json").read_text()).get("amp")
+    return {"none": "fp32", None: "?"}.get(amp, amp)
 
 
 PUBLISHED_FILES = ["provenance.json", "summary.json", "config.yaml", "split.json", "train.log",

@@ -67,6 +67,16 @@ def test_provenance_table_labels_shortened_schedules(reproduce, tmp_path):
     assert "| acdc_fully_mamba_unet | 10000 |" in table
 
 
+def test_provenance_table_names_the_training_precision(reproduce, tmp_path):
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "provenance.json").write_text(json.dumps({"iterations": 10, "amp": "bf16"}))
+    (tmp_path / "old").mkdir()  # published before provenance recorded it: summary.json says
+    (tmp_path / "old" / "provenance.json").write_text(json.dumps({"iterations": 10, "data_pack_dtype": "uint8"}))
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"amp": "none"}))
+    table = reproduce.provenance_table([tmp_path / "fast", tmp_path / "old"]).splitlines()
+    assert table[2].endswith("| h5 files, bf16 |") and table[3].endswith("| pack uint8, fp32 |")
+
+
 def test_provenance_table_marks_rows_that_shared_the_card(reproduce, tmp_path):
     for name, shared in (("alone", 1), ("pair", 2)):
         (tmp_path / name).mkdir()
