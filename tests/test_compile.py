@@ -25,6 +25,28 @@ def test_compile_units_are_the_vss_blocks_and_patch_layers():
     assert compile_units(create_model("test_unet", num_classes=3)) == []
 
 
+def test_swin_unet_compiles_its_swin_blocks_and_trains_as_eager():
+    from ssl_mamba.layers.swin import SwinBlock
+
+    torch.manual_seed(0)
+    eager = create_model("test_swin_unet", num_classes=3)
+    compiled = create_model("test_swin_unet", num_classes=3)
+    compiled.load_state_dict(eager.state_dict())
+    units = compile_units(compiled)
+    blocks = sum(isinstance(m, SwinBlock) for m in compiled.modules())
+    assert blocks > 0 and sum(isinstance(m, SwinBlock) for m in units) == blocks
+    torch._dynamo.reset()
+    assert compile_blocks(compiled, backend="aot_eager") == len(units)
+    x = torch.randn(2, 1, 64, 64)  # the test Swin-UNet takes exactly 64x64
+    out_e, grads_e = _train_step(eager, x)
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    out_c, grads_c = _train_step(compiled, x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > frames_before  # it did compile
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    for name, g in grads_e.items():
+        torch.testing.assert_close(grads_c[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.fixture(scope="module")
 def eager_and_compiled():
     eager, compiled = _tiny_mamba_unet(), _tiny_mamba_unet()

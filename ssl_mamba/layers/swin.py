@@ -100,6 +100,8 @@ class SwinBlock(nn.Module):
     grid and the shift is dropped.  The shifted-window mask is a buffer (`attn_mask`).
     """
 
+    compile_unit = True  # train.compile / eval.compile (models/compile.py)
+
     def __init__(self, dim: int, resolution: Tuple[int, int], num_heads: int, window_size: int = 7,
                  shift: bool = False, mlp_ratio: float = 4.0, drop_path: float = 0.0):
         super().__init__()

@@ -10,7 +10,7 @@ the cast back to x's dtype) is traced, so inductor can fuse it with the LayerNor
 residual adds and gradient ops of the block.  The other backends (torch, mamba_ssm) are not traced
 (`ops.ss2d._ss2d_scan_unfused`): there every VSS block breaks its graph at the scan.  Patch merging
 and expanding compile as units too (Mamba-UNet bf16 step at batch 24 on an H200, before the custom
-ops: see benchmarks/RESULTS.md).
+ops: see benchmarks/RESULTS.md), and so do Swin-UNet's Swin blocks (window attention, MLP, norms).
 
 Training-mode and eval-mode calls are compiled separately, each on request: training with
 static shapes; validation (eval.compile) feeds whole volumes whose slice count varies, so its
