@@ -32,3 +32,15 @@ def test_method_step_runs_the_library_iteration_on_cpu():
     out = bench_gpu.method_step_bench(networks=["test_unet", "test_mamba_unet"], batch=4, size=32, iters=1,
                                       device="cpu")
     assert out["method"] == "cross_teaching" and out["step_ms"] > 0
+
+
+def test_row_settings_times_each_setting_and_reports_the_ones_that_fail(capsys):
+    import row_settings_gpu
+
+    out = row_settings_gpu.time_row("mt_swin_unet_7cases", batch=4, networks=["test_swin_unet"], size=64,
+                                    iters=1, device="cpu")
+    assert list(out) == list(row_settings_gpu.SETTINGS)
+    assert out["fp32"]["step_ms"] > 0 and out["fp32"]["minutes_30k"] == pytest.approx(out["fp32"]["step_ms"] / 2)
+    for name in ("fp32_graphs", "bf16_graphs", "bf16_graphs_compile"):  # CUDA graphs need a GPU
+        assert "error" in out[name], name
+    assert capsys.readouterr().out.count("mt_swin_unet_7cases") == 4
