@@ -92,6 +92,39 @@ def test_agrees_with_medpy(spacing):
         assert out["assd"]["asd"] == pytest.approx((forward + backward) / 2, abs=1e-6)  # medpy 0.4 `assd`
 
 
+@pytest.mark.parametrize("spacing", [None, (3.0, 0.7, 1.9)])
+def test_tree_and_transforms_give_the_same_distances(monkeypatch, spacing):
+    from ssl_mamba.metrics import surface as surface_module
+
+    pred, gt = random_masks(np.random.default_rng(11), (6, 40, 36))
+    pred[0, 0, 0] = pred[-1, -1, -1] = True  # far false positives, as a fragmented prediction has
+    both = {}
+    for method, threshold in (("tree", 0.0), ("transforms", math.inf)):
+        monkeypatch.setattr(surface_module, "TREE_ABOVE_CROP_PER_SURFACE_VOXEL", threshold)
+        both[method] = surface_distances(pred, gt, spacing)
+    for direction in ("pred_to_gt", "gt_to_pred"):  # same distances, in the same order
+        np.testing.assert_allclose(getattr(both["tree"], direction), getattr(both["transforms"], direction),
+                                   rtol=0, atol=1e-9)
+    assert both["tree"].hd95() == pytest.approx(medpy_binary.hd95(pred, gt, spacing), abs=1e-6)
+
+
+def test_scattered_surfaces_take_the_tree_and_a_tight_pair_the_transforms(monkeypatch):
+    from ssl_mamba.metrics import surface as surface_module
+
+    trees = []
+    tree = surface_module._tree_distances
+    monkeypatch.setattr(surface_module, "_tree_distances", lambda *args: trees.append(1) or tree(*args))
+    gt = np.zeros((8, 200, 200), bool)
+    gt[2:6, 90:110, 90:110] = True
+    tight = np.roll(gt, 1, axis=2)
+    surface_distances(tight, gt)
+    assert trees == []  # the crop is a few voxels around the blocks: transforms
+    scattered = tight.copy()
+    scattered[0, 0, 0] = scattered[7, 199, 199] = True  # the crop spans the whole volume, the surfaces do not
+    assert surface_distances(scattered, gt).hd95() == pytest.approx(medpy_binary.hd95(scattered, gt), abs=1e-9)
+    assert trees == [1]
+
+
 def test_multiclass_classes_scored_independently():
     rng = np.random.default_rng(3)
     gt = rng.integers(0, 4, size=(4, 20, 20)).astype(np.uint8)
