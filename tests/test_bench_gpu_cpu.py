@@ -34,6 +34,8 @@ def test_method_step_runs_the_library_iteration_on_cpu():
     assert out["method"] == "cross_teaching" and out["step_ms"] > 0
 
 
+# the compile setting imports torch.utils.mkldnn (through the compiler), which warns on import in torch 2.13
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_row_settings_times_each_setting_and_reports_the_ones_that_fail(capsys):
     import row_settings_gpu
 
