@@ -458,6 +458,27 @@ def command_table(args: argparse.Namespace) -> None:
     tail = rest.split(END, 1)[1]
     atomic_write_text(readme, f"{head}{BEGIN}\n{table}\n{END}{tail}")
     print(table)
+    print(f"figure: {draw_paper_comparison(rows, results / FIGURE)}")
+
+
+FIGURE = Path("figures") / "ours_vs_paper.png"  # under results/, regenerated with the table
+
+
+def draw_paper_comparison(rows: List[Path], path: Path) -> Path:
+    """Every row with a published Dice, ours against the paper's (figures.paper_comparison)."""
+    from ssl_mamba.metrics.figures import paper_comparison
+    from ssl_mamba.metrics.table import paper_pairs
+
+    def group(cases: Optional[int]) -> str:
+        return "all labeled" if cases is None else f"{cases} labeled cases"
+
+    def shortened(runs: List[Path]) -> bool:
+        return any(json.loads((r / "provenance.json").read_text()).get("shortened", False)
+                   for r in runs if (r / "provenance.json").is_file())
+
+    points = [{"paper": p["paper"], "ours": p["ours"], "name": p["paper_label"], "group": group(p["labeled_cases"]),
+               "shortened": shortened(p["runs"])} for p in paper_pairs(rows)]
+    return paper_comparison(points, path)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

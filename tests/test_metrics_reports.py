@@ -102,6 +102,28 @@ def test_table_compare_paper_and_formats(tmp_path):
     assert rows[0][:3] == ["Method", "Source", "n"] and rows[1][2] == "2"
 
 
+def test_paper_pairs_put_our_mean_beside_the_first_published_row(tmp_path):
+    from ssl_mamba.metrics.table import paper_pairs
+
+    runs = [make_run(tmp_path, "smu_s1", 1, 0.70), make_run(tmp_path, "smu_s2", 2, 0.80),
+            make_run(tmp_path, "mt", 1, 0.60, method="mean_teacher", networks=("unet",), labeled=7),
+            make_run(tmp_path, "no_paper", 1, 0.60, method="mean_teacher", networks=("unet",), labeled=5)]
+    pairs = paper_pairs(runs)
+    assert [p["paper_label"] for p in pairs] == ["Semi-Mamba-UNet", "MT + UNet"]  # 5 cases: no published row
+    assert pairs[0]["ours"] == pytest.approx(0.90) and pairs[0]["paper"] == 0.8386  # Table 2 before Table 6
+    assert pairs[0]["labeled_cases"] == 3 and [r.name for r in pairs[0]["runs"]] == ["smu_s1", "smu_s2"]
+    assert pairs[1]["ours"] == pytest.approx(0.75) and pairs[1]["paper"] == 0.8781
+
+
+def test_paper_comparison_draws_a_line_per_row_and_needs_one(tmp_path):
+    points = [{"paper": 0.88, "ours": 0.82, "name": "MT + UNet", "group": "7 labeled cases", "shortened": False},
+              {"paper": 0.91, "ours": 0.66, "name": "Semi-Mamba-UNet", "group": "7 labeled cases", "shortened": True}]
+    path = figures.paper_comparison(points, tmp_path / "f" / "ours_vs_paper.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC and Image.open(path).size[1] > 100
+    with pytest.raises(DataError, match="no rows with a published value"):
+        figures.paper_comparison([], tmp_path / "empty.png")
+
+
 def test_table_separates_configs_that_differ_beyond_seed(tmp_path):
     runs = [make_run(tmp_path, "a", 1, 0.7, lr=0.01), make_run(tmp_path, "b", 1, 0.8, lr=0.001)]
     lines = build_table(runs).splitlines()[2:]

@@ -28,6 +28,8 @@ def test_committed_results_table_is_regenerated_unchanged(reproduce, tmp_path, c
     for row in rows:  # every committed row appears in the provenance table, with its log committed
         assert f"| {row} |" in table
         assert (REPO / "results" / row / "train.log").stat().st_size > 0
+    assert (results / reproduce.FIGURE).read_bytes()[:4] == b"\x89PNG"  # the figure is redrawn with the table
+    assert f"]({reproduce.FIGURE.as_posix()})" in table  # and results/README.md shows it
 
 
 def test_table_without_markers_is_a_clear_error(reproduce, tmp_path):

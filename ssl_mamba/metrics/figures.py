@@ -5,6 +5,7 @@
   one fixed colour per class (`CLASS_COLOURS`);
 - `compare_curves`: one scalar (e.g. "val/net1/dice") of several runs on one axis, to compare
   methods, seeds or settings;
+- `paper_comparison`: our value of each reproduced row against the paper's, one line per row;
 - `training_curves`: losses and validation metrics of a run, read by `read_scalars` from the
   trainer's `metrics.jsonl` (one JSON object per line with "step" and scalar keys such as
   "loss/total" or "val/net1/dice") or, when that file is absent, from the TensorBoard event files.
@@ -292,4 +293,31 @@ def compare_curves(runs: Dict[str, PathLike], path: PathLike, key: str = "val/ne
     ax.set_xlabel("iteration")
     ax.set_ylabel(key)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def paper_comparison(points: Sequence[Dict[str, Any]], path: PathLike, metric: str = "Dice") -> Path:
+    """Ours against the published value, one line per reproduced row: the paper's `metric` (black tick)
+    joined to ours (dot; hollow for a schedule shorter than the paper's), rows grouped (e.g. by labeled
+    data) and in the given order within a group.  Each point is a dict with "paper", "ours", "name"
+    (the row's label), "group" and "shortened"."""
+    if not points:
+        raise DataError("paper_comparison: no rows with a published value to draw")
+    plt = _pyplot()
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    ordered = [p for g in groups for p in points if p["group"] == g]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.24 * len(ordered)))
+    colours = plt.get_cmap("tab10")
+    for row, p in enumerate(ordered):
+        colour = colours(groups.index(p["group"]))
+        ax.plot([p["paper"], p["ours"]], [row, row], color=colour, linewidth=1.0, alpha=0.6)
+        ax.plot([p["paper"]], [row], marker="|", color="black", markersize=9)
+        ax.plot([p["ours"]], [row], marker="o", markersize=5, color=colour,
+                markerfacecolor="none" if p["shortened"] else colour)
+    ax.set_yticks(range(len(ordered)))
+    ax.set_yticklabels([f"{p['name']} ({p['group']})" for p in ordered], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test {metric}")
+    ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+    ax.set_title("Reproduced rows: ours (dot; hollow = shortened schedule) against the paper (|)", fontsize=9)
     return _save(fig, path)

@@ -109,8 +109,9 @@ def _collect(run_dirs: Sequence[Path], split: str) -> List[Dict[str, Any]]:
     for run_dir in run_dirs:
         cfg, mean = _read_run(Path(run_dir), split)
         key = _group_key(cfg)
-        group = groups.setdefault(key, {"key": key, "cfg": cfg, "label": row_label(cfg), "means": []})
+        group = groups.setdefault(key, {"key": key, "cfg": cfg, "label": row_label(cfg), "means": [], "runs": []})
         group["means"].append(mean)
+        group["runs"].append(Path(run_dir))
     ordered = list(groups.values())
     _disambiguate(ordered)
     return ordered
@@ -159,3 +160,21 @@ def build_table(run_dirs: Sequence[Path], fmt: str = "markdown", compare: Option
         if compare == "paper":
             rows.extend(_paper_rows(group["cfg"]))
     return _render(rows, fmt)
+
+
+def paper_pairs(run_dirs: Sequence[Path], split: str = "test", metric: str = "dice") -> List[Dict[str, Any]]:
+    """Our `metric` per configuration (mean over its runs) beside its first published row, for a
+    figure of ours against the papers: [{"label", "paper_label", "ours", "paper", "labeled_cases",
+    "runs"}] in table order; configurations without a published value are left out."""
+    pairs = []
+    for group in _collect(run_dirs, split):
+        cfg = group["cfg"]
+        published = [r for r in find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks,
+                                                 cfg.data.labeled_cases) if metric in r.metrics]
+        ours, _ = _mean_std([m.get(metric) for m in group["means"]])
+        if published and not math.isnan(ours):
+            pairs.append({"label": group["label"], "paper_label": published[0].label, "ours": ours,
+                          "paper": published[0].metrics[metric], "labeled_cases": cfg.data.labeled_cases,
+                          "runs": group["runs"]})
+    return pairs
+
