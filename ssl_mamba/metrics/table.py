@@ -177,4 +177,3 @@ def paper_pairs(run_dirs: Sequence[Path], split: str = "test", metric: str = "di
                           "paper": published[0].metrics[metric], "labeled_cases": cfg.data.labeled_cases,
                           "runs": group["runs"]})
     return pairs
-
