@@ -307,7 +307,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "data_pack_dtype": pack_dtype(cfg.data.root),
         "concurrent_rows": concurrent_rows,
         "processes": summary.get("processes", 1),  # > 1: data-parallel over that many GPUs
-        "amp": summary.get("amp", "none"),  # the training precision: none (fp32 / TF32) | bf16
+        "amp": cfg.train.amp,  # the training precision of the last segment: none (fp32 / TF32) | bf16
         "metrics_every": METRICS_EVERY,  # the published metrics.jsonl.gz's training-line stride
         "date": time.strftime("%Y-%m-%d"),
         **extra,
@@ -458,27 +458,29 @@ def command_table(args: argparse.Namespace) -> None:
     tail = rest.split(END, 1)[1]
     atomic_write_text(readme, f"{head}{BEGIN}\n{table}\n{END}{tail}")
     print(table)
-    print(f"figure: {draw_paper_comparison(rows, results / FIGURE)}")
+    figure = draw_paper_comparison(rows, results / FIGURE)
+    print(f"figure: {figure}" if figure else "no figure: no row has a published Dice to compare with")
 
 
 FIGURE = Path("figures") / "ours_vs_paper.png"  # under results/, regenerated with the table
 
 
-def draw_paper_comparison(rows: List[Path], path: Path) -> Path:
-    """Every row with a published Dice, ours against the paper's (figures.paper_comparison)."""
+def draw_paper_comparison(rows: List[Path], path: Path) -> Optional[Path]:
+    """Every row with a published Dice, ours against the paper's (figures.paper_comparison); None (and no
+    file) when no row has one."""
     from ssl_mamba.metrics.figures import paper_comparison
     from ssl_mamba.metrics.table import paper_pairs
-
-    def group(cases: Optional[int]) -> str:
-        return "all labeled" if cases is None else f"{cases} labeled cases"
 
     def shortened(runs: List[Path]) -> bool:
         return any(json.loads((r / "provenance.json").read_text()).get("shortened", False)
                    for r in runs if (r / "provenance.json").is_file())
 
-    points = [{"paper": p["paper"], "ours": p["ours"], "name": p["paper_label"], "group": group(p["labeled_cases"]),
-               "shortened": shortened(p["runs"])} for p in paper_pairs(rows)]
-    return paper_comparison(points, path)
+    pairs = paper_pairs(rows)
+    repeated = {name for name in (p["paper_label"] for p in pairs)
+                if sum(q["paper_label"] == name for q in pairs) > 1}  # two of ours beside one paper row
+    points = [{"paper": p["paper"], "ours": p["ours"], "group": p["labeled"], "shortened": shortened(p["runs"]),
+               "name": p["label"] if p["paper_label"] in repeated else p["paper_label"]} for p in pairs]
+    return paper_comparison(points, path) if points else None
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -4,8 +4,9 @@ covers data parallelism on the CPU (gloo) but none of these GPU settings; this f
 combination where two GPUs are visible, and the same harness on the CPU (gloo, plain fp32) everywhere,
 so a broken harness shows on CI rather than on the card.
 
-What a run must show: it ends normally with both processes, its losses stay finite, the ranks' replicas
-were compared at every checkpoint (the trainer stops the run if they differ), and on the GPU the graphs
+What a run must show: it ends normally with both processes (the trainer compares the ranks' replicas at
+every checkpoint and stops the run if they differ, so a normal end includes those checks), its losses
+stay finite, its checkpoint holds both ranks' RNG states, and on the GPU the scan ran on triton, the graphs
 were captured and the blocks compiled.
 """
 import dataclasses
@@ -51,6 +52,7 @@ def _check_run(run_dir: Path, gpu: bool) -> None:
     assert len(losses) == ITERATIONS and all(math.isfinite(v) for v in losses)
     log = (run_dir / "train.log").read_text()
     assert "data parallel: 2 processes" in log
+    assert f"scan backend auto -> {'triton' if gpu else 'torch'} for ss2d" in log
     if gpu:
         assert "capturing CUDA graphs of net1, net2" in log and "compiled blocks per network" in log
     checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)

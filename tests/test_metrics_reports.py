@@ -111,11 +111,24 @@ def test_paper_pairs_put_our_mean_beside_the_first_published_row(tmp_path):
     pairs = paper_pairs(runs)
     assert [p["paper_label"] for p in pairs] == ["Semi-Mamba-UNet", "MT + UNet"]  # 5 cases: no published row
     assert pairs[0]["ours"] == pytest.approx(0.90) and pairs[0]["paper"] == 0.8386  # Table 2 before Table 6
-    assert pairs[0]["labeled_cases"] == 3 and [r.name for r in pairs[0]["runs"]] == ["smu_s1", "smu_s2"]
+    assert pairs[0]["labeled"] == "3 labeled cases" and [r.name for r in pairs[0]["runs"]] == ["smu_s1", "smu_s2"]
     assert pairs[1]["ours"] == pytest.approx(0.75) and pairs[1]["paper"] == 0.8781
 
 
-def test_paper_comparison_draws_a_line_per_row_and_needs_one(tmp_path):
+def test_a_run_labeled_by_fraction_meets_no_fully_supervised_paper_row(tmp_path):
+    from ssl_mamba.metrics.table import paper_pairs
+
+    full = make_run(tmp_path, "full", 1, 0.8, method="supervised", networks=("unet",), labeled=None)
+    cfg = ExperimentConfig(name="tenth")
+    cfg.method.name, cfg.model.networks, cfg.data.labeled_fraction = "supervised", ["unet"], 0.1
+    save_config(cfg, tmp_path / "tenth" / "config.yaml")
+    write_reports(make_result(0.5, 0.5), tmp_path / "tenth" / "metrics" / "test")
+    assert [p["label"] for p in paper_pairs([full, tmp_path / "tenth"])] == ["supervised (unet), all labeled"]
+    lines = build_table([full, tmp_path / "tenth"], compare="paper").splitlines()
+    assert "10% labeled" in lines[-1] and "P-MU" in lines[-2]  # the paper's UNet row follows only the full run
+
+
+def test_paper_comparison_writes_a_png_and_needs_a_row(tmp_path):
     points = [{"paper": 0.88, "ours": 0.82, "name": "MT + UNet", "group": "7 labeled cases", "shortened": False},
               {"paper": 0.91, "ours": 0.66, "name": "Semi-Mamba-UNet", "group": "7 labeled cases", "shortened": True}]
     path = figures.paper_comparison(points, tmp_path / "f" / "ours_vs_paper.png")

@@ -18,6 +18,7 @@ def reproduce():
 def test_committed_results_table_is_regenerated_unchanged(reproduce, tmp_path, capsys):
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
+    (results / reproduce.FIGURE).unlink()  # so the check below sees it redrawn, not copied
     reproduce.main(["table", "--results", str(results)])
     capsys.readouterr()
     assert (results / "README.md").read_text() == (REPO / "results" / "README.md").read_text(), (
@@ -30,6 +31,16 @@ def test_committed_results_table_is_regenerated_unchanged(reproduce, tmp_path, c
         assert (REPO / "results" / row / "train.log").stat().st_size > 0
     assert (results / reproduce.FIGURE).read_bytes()[:4] == b"\x89PNG"  # the figure is redrawn with the table
     assert f"]({reproduce.FIGURE.as_posix()})" in table  # and results/README.md shows it
+
+
+def test_table_without_a_published_counterpart_skips_the_figure(reproduce, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "acdc_fully_unet", results / "acdc_fully_unet")
+    config = results / "acdc_fully_unet" / "config.yaml"  # 5 labeled cases: no paper has that row
+    config.write_text(config.read_text().replace("labeled_cases: null", "labeled_cases: 5"))
+    reproduce.main(["table", "--results", str(results)])
+    assert "no figure" in capsys.readouterr().out and not (results / reproduce.FIGURE).exists()
+    assert "| supervised (unet), 5 labeled cases | ours |" in (results / "README.md").read_text()
 
 
 def test_table_without_markers_is_a_clear_error(reproduce, tmp_path):

@@ -76,7 +76,8 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = None) -> SurfaceDistances:
     """Both directed surface-distance sets of two non-empty boolean masks of equal shape.
 
-    One distance transform per surface.  `spacing` is the voxel size per axis (None: unit).
+    One distance transform per surface, or one k-d tree query per direction where that is cheaper
+    (module docstring).  `spacing` is the voxel size per axis (None: unit).
     """
     box = _crop_box(pred, gt)
     pred_surface = _surface(pred[box])

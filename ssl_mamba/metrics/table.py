@@ -58,18 +58,29 @@ def _group_key(cfg: ExperimentConfig) -> str:
     return json.dumps({k: v for k, v in flat.items() if k not in IGNORED_KEYS}, sort_keys=True, default=str)
 
 
-def row_label(cfg: ExperimentConfig) -> str:
-    """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'."""
+def labeled_data(cfg: ExperimentConfig) -> str:
+    """e.g. '3 labeled cases', '68 labeled slices', '10% labeled', 'all labeled'."""
     d = cfg.data
     if d.labeled_cases is not None:
-        labeled = f"{d.labeled_cases} labeled cases"
-    elif d.labeled_slices is not None:
-        labeled = f"{d.labeled_slices} labeled slices"
-    elif d.labeled_fraction is not None:
-        labeled = f"{d.labeled_fraction:.0%} labeled"
-    else:
-        labeled = "all labeled"
-    return f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled}"
+        return f"{d.labeled_cases} labeled cases"
+    if d.labeled_slices is not None:
+        return f"{d.labeled_slices} labeled slices"
+    if d.labeled_fraction is not None:
+        return f"{d.labeled_fraction:.0%} labeled"
+    return "all labeled"
+
+
+def row_label(cfg: ExperimentConfig) -> str:
+    """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'."""
+    return f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
+
+
+def published_rows(cfg: ExperimentConfig) -> list:
+    """The papers' rows for this experiment.  The papers label by cases (or everything): a run that
+    chose its labeled data by slices or by fraction has no published counterpart."""
+    if cfg.data.labeled_slices is not None or cfg.data.labeled_fraction is not None:
+        return []
+    return find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
 
 
 def _mean_std(values: List[float]) -> Tuple[float, Optional[float]]:
@@ -123,7 +134,7 @@ def _our_row(group: Dict[str, Any], fmt: str) -> List[str]:
 
 
 def _paper_rows(cfg: ExperimentConfig) -> List[List[str]]:
-    rows = find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
+    rows = published_rows(cfg)
     return [[f"  {r.label}", r.table, "", *[f"{r.metrics[k]:.4f}" if k in r.metrics else "–" for k in METRIC_NAMES]]
             for r in rows]
 
@@ -164,16 +175,14 @@ def build_table(run_dirs: Sequence[Path], fmt: str = "markdown", compare: Option
 
 def paper_pairs(run_dirs: Sequence[Path], split: str = "test", metric: str = "dice") -> List[Dict[str, Any]]:
     """Our `metric` per configuration (mean over its runs) beside its first published row, for a
-    figure of ours against the papers: [{"label", "paper_label", "ours", "paper", "labeled_cases",
-    "runs"}] in table order; configurations without a published value are left out."""
+    figure of ours against the papers: [{"label", "paper_label", "ours", "paper", "labeled", "runs"}] in
+    table order ("labeled": `labeled_data`); configurations without a published value are left out."""
     pairs = []
     for group in _collect(run_dirs, split):
-        cfg = group["cfg"]
-        published = [r for r in find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks,
-                                                 cfg.data.labeled_cases) if metric in r.metrics]
+        published = [r for r in published_rows(group["cfg"]) if metric in r.metrics]
         ours, _ = _mean_std([m.get(metric) for m in group["means"]])
         if published and not math.isnan(ours):
             pairs.append({"label": group["label"], "paper_label": published[0].label, "ours": ours,
-                          "paper": published[0].metrics[metric], "labeled_cases": cfg.data.labeled_cases,
+                          "paper": published[0].metrics[metric], "labeled": labeled_data(group["cfg"]),
                           "runs": group["runs"]})
     return pairs
