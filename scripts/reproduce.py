@@ -476,10 +476,10 @@ def draw_paper_comparison(rows: List[Path], path: Path) -> Optional[Path]:
                    for r in runs if (r / "provenance.json").is_file())
 
     pairs = paper_pairs(rows)
-    repeated = {name for name in (p["paper_label"] for p in pairs)
-                if sum(q["paper_label"] == name for q in pairs) > 1}  # two of ours beside one paper row
+    keys = [(p["paper_label"], p["labeled"]) for p in pairs]  # a row's name on the figure: the paper's, and
+    repeated = {key for key in keys if keys.count(key) > 1}   # ours where two of ours meet one paper row
     points = [{"paper": p["paper"], "ours": p["ours"], "group": p["labeled"], "shortened": shortened(p["runs"]),
-               "name": p["label"] if p["paper_label"] in repeated else p["paper_label"]} for p in pairs]
+               "name": p["label"] if key in repeated else p["paper_label"]} for p, key in zip(pairs, keys)]
     return paper_comparison(points, path) if points else None
 
 
