@@ -466,21 +466,10 @@ FIGURE = Path("figures") / "ours_vs_paper.png"  # under results/, regenerated wi
 
 
 def draw_paper_comparison(rows: List[Path], path: Path) -> Optional[Path]:
-    """Every row with a published Dice, ours against the paper's (figures.paper_comparison); None (and no
-    file) when no row has one."""
-    from ssl_mamba.metrics.figures import paper_comparison
-    from ssl_mamba.metrics.table import paper_pairs
+    """Every row with a published Dice, ours against the paper's; None (and no file) when no row has one."""
+    from ssl_mamba.metrics.figures import paper_comparison_of_runs
 
-    def shortened(runs: List[Path]) -> bool:
-        return any(json.loads((r / "provenance.json").read_text()).get("shortened", False)
-                   for r in runs if (r / "provenance.json").is_file())
-
-    pairs = paper_pairs(rows)
-    keys = [(p["paper_label"], p["labeled"]) for p in pairs]  # a row's name on the figure: the paper's, and
-    repeated = {key for key in keys if keys.count(key) > 1}   # ours where two of ours meet one paper row
-    points = [{"paper": p["paper"], "ours": p["ours"], "group": p["labeled"], "shortened": shortened(p["runs"]),
-               "name": p["label"] if key in repeated else p["paper_label"]} for p, key in zip(pairs, keys)]
-    return paper_comparison(points, path) if points else None
+    return paper_comparison_of_runs(rows, path)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -164,8 +164,10 @@ def _evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Option
 @click.option("--compare", type=click.Choice(["paper"]), default=None, help="Put the papers' numbers beside ours.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", type=str, help="Also write the table to this file.")
-def table(run_dirs, fmt, compare, split, out) -> None:
+@click.option("--figure", type=str, help="Also draw ours against the papers' Dice, one line per row, into this PNG.")
+def table(run_dirs, fmt, compare, split, out, figure) -> None:
     """Assemble evaluated runs into a paper-style table (mean ± std over seeds of one configuration)."""
+    from .metrics.figures import paper_comparison_of_runs
     from .metrics.table import build_table
     from .utils.io import atomic_write_text
 
@@ -176,6 +178,9 @@ def table(run_dirs, fmt, compare, split, out) -> None:
     click.echo(text)
     if out:
         atomic_write_text(Path(out), text + "\n")
+    if figure:
+        drawn = paper_comparison_of_runs(run_dirs, Path(figure), split)
+        click.echo(f"figure: {drawn}" if drawn else "no figure: no run has a published Dice to compare with")
 
 
 @main.command(context_settings=CONTEXT)

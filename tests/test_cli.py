@@ -118,3 +118,13 @@ def test_curves_draws_runs_and_rejects_unmatched_labels(tmp_path):
     assert_one_line_error(invoke("curves", str(tmp_path / "a"), "--key", "val/net1/hd95", "-o", str(out)),
                           "no scalar 'val/net1/hd95'")
     assert_one_line_error(invoke("curves", str(tmp_path / "nope"), "-o", str(out)), "run directory not found")
+
+
+def test_table_draws_the_paper_comparison_on_request(tmp_path):
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "acdc_fully_unet"
+    out = tmp_path / "gap.png"
+    result = invoke("table", str(committed), "--compare", "paper", "--figure", str(out))
+    assert result.exit_code == 0 and "| supervised (unet), all labeled | ours |" in result.output, result.output
+    assert f"figure: {out}" in result.output and out.read_bytes()[:4] == b"\x89PNG"

@@ -128,6 +128,23 @@ def test_a_run_labeled_by_fraction_meets_no_fully_supervised_paper_row(tmp_path)
     assert "10% labeled" in lines[-1] and "P-MU" in lines[-2]  # the paper's UNet row follows only the full run
 
 
+def test_figure_names_rows_by_the_paper_unless_two_of_ours_meet_one_paper_row(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "paper_comparison", lambda points, path: drawn.append(points) or path)
+    a = make_run(tmp_path, "a", 1, 0.8, method="supervised", networks=("unet",), labeled=None)
+    b = make_run(tmp_path, "b", 1, 0.7, method="supervised", networks=("unet",), labeled=None, lr=0.02)
+    (b / "provenance.json").write_text(json.dumps({"shortened": True}))  # as scripts/reproduce.py writes it
+    figures.paper_comparison_of_runs([a], tmp_path / "one.png")
+    figures.paper_comparison_of_runs([a, b], tmp_path / "two.png")  # same row, another lr: two of ours
+    assert [p["name"] for p in drawn[0]] == ["UNet"]
+    assert [p["name"] for p in drawn[1]] == ["supervised (unet), all labeled [train.lr=0.01]",
+                                             "supervised (unet), all labeled [train.lr=0.02]"]
+    assert [p["shortened"] for p in drawn[1]] == [False, True] and {p["group"] for p in drawn[1]} == {"all labeled"}
+    no_paper = make_run(tmp_path, "c", 1, 0.7, method="mean_teacher", networks=("unet",), labeled=5)
+    assert figures.paper_comparison_of_runs([no_paper], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_paper_comparison_writes_a_png_and_needs_a_row(tmp_path):
     points = [{"paper": 0.88, "ours": 0.82, "name": "MT + UNet", "group": "7 labeled cases", "shortened": False},
               {"paper": 0.91, "ours": 0.66, "name": "Semi-Mamba-UNet", "group": "7 labeled cases", "shortened": True}]

@@ -43,23 +43,6 @@ def test_table_without_a_published_counterpart_skips_the_figure(reproduce, tmp_p
     assert "| supervised (unet), 5 labeled cases | ours |" in (results / "README.md").read_text()
 
 
-def test_figure_names_rows_by_the_paper_unless_two_of_ours_meet_one_paper_row(reproduce, tmp_path, monkeypatch):
-    from ssl_mamba.metrics import figures
-
-    drawn = []
-    monkeypatch.setattr(figures, "paper_comparison", lambda points, path: drawn.append(points) or path)
-    for name in ("a", "b"):
-        shutil.copytree(REPO / "results" / "acdc_fully_unet", tmp_path / name)
-    config = tmp_path / "b" / "config.yaml"  # same row, another lr: two of ours beside the paper's UNet
-    config.write_text(config.read_text().replace("lr: 0.01", "lr: 0.02"))
-    reproduce.draw_paper_comparison([tmp_path / "a"], tmp_path / "one.png")
-    reproduce.draw_paper_comparison([tmp_path / "a", tmp_path / "b"], tmp_path / "two.png")
-    assert [p["name"] for p in drawn[0]] == ["UNet"]
-    assert [p["name"] for p in drawn[1]] == ["supervised (unet), all labeled [train.lr=0.01]",
-                                             "supervised (unet), all labeled [train.lr=0.02]"]
-    assert {p["group"] for p in drawn[1]} == {"all labeled"} and not any(p["shortened"] for p in drawn[1])
-
-
 def test_table_without_markers_is_a_clear_error(reproduce, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(REPO / "results" / "acdc_fully_unet", results / "acdc_fully_unet")

@@ -5,7 +5,8 @@
   one fixed colour per class (`CLASS_COLOURS`);
 - `compare_curves`: one scalar (e.g. "val/net1/dice") of several runs on one axis, to compare
   methods, seeds or settings;
-- `paper_comparison`: our value of each reproduced row against the paper's, one line per row;
+- `paper_comparison` / `paper_comparison_of_runs`: our value of each reproduced row against the
+  paper's, one line per row (`ssl-mamba table --figure`, `scripts/reproduce.py table`);
 - `training_curves`: losses and validation metrics of a run, read by `read_scalars` from the
   trainer's `metrics.jsonl` (one JSON object per line with "step" and scalar keys such as
   "loss/total" or "val/net1/dice") or, when that file is absent, from the TensorBoard event files.
@@ -321,3 +322,23 @@ def paper_comparison(points: Sequence[Dict[str, Any]], path: PathLike, metric: s
     ax.grid(axis="x", linewidth=0.4, alpha=0.5)
     ax.set_title("Reproduced rows: ours (dot; hollow = shortened schedule) against the paper (|)", fontsize=9)
     return _save(fig, path)
+
+
+def paper_comparison_of_runs(run_dirs: Sequence[PathLike], path: PathLike, split: str = "test") -> Optional[Path]:
+    """`paper_comparison` of evaluated runs (seeds of one configuration pooled, as in the table); None, and no
+    file, when no run has a published counterpart.  A row is drawn hollow when its `provenance.json`
+    (written by scripts/reproduce.py) says its schedule was shortened.  Each row is named by its paper row,
+    or by our label where two of our configurations meet one paper row within the same labeled data."""
+    from .table import paper_pairs
+
+    def shortened(runs: Sequence[Path]) -> bool:
+        return any(json.loads((r / "provenance.json").read_text()).get("shortened", False)
+                   for r in runs if (r / "provenance.json").is_file())
+
+    pairs = paper_pairs([Path(d) for d in run_dirs], split)
+    keys = [(p["paper_label"], p["labeled"]) for p in pairs]
+    repeated = {key for key in keys if keys.count(key) > 1}
+    points = [{"paper": p["paper"], "ours": p["ours"], "group": p["labeled"], "shortened": shortened(p["runs"]),
+               "name": p["label"] if key in repeated else p["paper_label"]} for p, key in zip(pairs, keys)]
+    return paper_comparison(points, path) if points else None
+
