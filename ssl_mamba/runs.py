@@ -127,7 +127,7 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
     written at the top of the output folder, where `ssl-mamba table` reads it."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    from .metrics import paper_row, write_reports
+    from .metrics import lowest_cases, paper_row, write_reports
 
     cfg = load_config(run_dir / "config.yaml")
     out = out or run_dir / "metrics" / split
@@ -145,6 +145,7 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
             write_reports(result, out, extra={"network": name, "model": cfg.model.networks[index]})
         lines.append(f"{name} ({cfg.model.networks[index]}){' [reported]' if name == primary else ''}: "
                      f"{paper_row(result.summary)}")
+        lines.append(f"  {lowest_cases(result.per_case)}")
     if (run_dir / "metrics.jsonl").is_file():
         from .metrics.figures import training_curves
 

@@ -21,6 +21,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
     assert json.loads((run / "summary.json").read_text())["iterations"] == 4
     assert "| cross_teaching (unet + small_mamba_unet), 2 labeled cases | ours |" in result.output
+    assert result.output.count("lowest mean Dice: patient") == 2  # each network names its weakest volumes
     # The phantom is generated once and reused; a second demo gets a fresh run directory.
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0 and "generated phantom" not in again.output

@@ -50,6 +50,16 @@ def test_write_reports_files(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_lowest_cases_ranks_volumes_by_their_mean_dice_over_classes():
+    from ssl_mamba.metrics import lowest_cases
+
+    rows = [{"case": "a", "class": 1, "dice": 0.9}, {"case": "a", "class": 2, "dice": 0.1},  # mean 0.5
+            {"case": "b", "class": 1, "dice": 0.2}, {"case": "b", "class": 2, "dice": math.nan},  # 0.2 (NaN left out)
+            {"case": "c", "class": 1, "dice": 0.95}, {"case": "c", "class": 2, "dice": 0.85}]  # 0.9
+    assert lowest_cases(rows, count=2) == "lowest mean Dice: b 0.2000, a 0.5000"
+    assert lowest_cases(make_result().per_case, count=1) == "lowest mean Dice: case_b 0.7500"
+
+
 def test_paper_row_format_and_nan():
     result = make_result()
     assert paper_row(result.summary) == "0.8500 0.5000 0.5000 0.5000 0.5000 0.5000 1.5000 0.5000"

@@ -6,7 +6,7 @@ use so that scoring does not load matplotlib.
 from .case import ASD_MODES, EMPTY_POLICIES, METRIC_NAMES, case_metrics, confusion_matrix, slice_dice
 from .evaluate import EvalResult, evaluate_volumes, summarize
 from .inference import predict_volume, resize_bilinear, resize_nearest
-from .report import PAPER_COLUMNS, paper_row, write_reports
+from .report import PAPER_COLUMNS, lowest_cases, paper_row, write_reports
 from .surface import SurfaceDistances, surface_distances
 
 
@@ -19,6 +19,6 @@ def build_table(*args, **kwargs) -> str:
 
 __all__ = [
     "ASD_MODES", "EMPTY_POLICIES", "METRIC_NAMES", "PAPER_COLUMNS", "EvalResult", "SurfaceDistances", "build_table",
-    "case_metrics", "confusion_matrix", "evaluate_volumes", "paper_row", "predict_volume", "resize_bilinear",
-    "resize_nearest", "slice_dice", "summarize", "surface_distances", "write_reports",
+    "case_metrics", "confusion_matrix", "evaluate_volumes", "lowest_cases", "paper_row", "predict_volume",
+    "resize_bilinear", "resize_nearest", "slice_dice", "summarize", "surface_distances", "write_reports",
 ]

@@ -11,7 +11,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..utils.io import atomic_write_json, atomic_write_text
 from .case import METRIC_NAMES
@@ -66,3 +66,17 @@ def paper_row(summary: Mapping[str, Any]) -> str:
     mean = summary["mean"]
     values = [mean[m] for m in METRIC_NAMES]
     return " ".join("nan" if v is None or math.isnan(v) else f"{v:.4f}" for v in values)
+
+
+def lowest_cases(per_case: Sequence[Mapping[str, Any]], count: int = 3) -> str:
+    """'lowest mean Dice: <case> <dice>, ...': the `count` volumes with the lowest Dice averaged over
+    their classes, the first place to look when a mean is low (a whole missed volume and thin errors
+    everywhere give the same mean)."""
+    by_case: Dict[str, List[float]] = {}
+    for row in per_case:
+        dice = row["dice"]
+        if dice is not None and not math.isnan(dice):
+            by_case.setdefault(row["case"], []).append(float(dice))
+    means = sorted((sum(v) / len(v), case) for case, v in by_case.items())
+    return "lowest mean Dice: " + ", ".join(f"{case} {mean:.4f}" for mean, case in means[:count])
+
