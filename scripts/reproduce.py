@@ -441,6 +441,7 @@ def command_collect(args: argparse.Namespace) -> None:
 
 
 def command_table(args: argparse.Namespace) -> None:
+    from ssl_mamba.metrics.figures import paper_comparison_of_runs
     from ssl_mamba.metrics.table import build_table
     from ssl_mamba.utils.io import atomic_write_text
 
@@ -458,18 +459,11 @@ def command_table(args: argparse.Namespace) -> None:
     tail = rest.split(END, 1)[1]
     atomic_write_text(readme, f"{head}{BEGIN}\n{table}\n{END}{tail}")
     print(table)
-    figure = draw_paper_comparison(rows, results / FIGURE)
+    figure = paper_comparison_of_runs(rows, results / FIGURE)
     print(f"figure: {figure}" if figure else "no figure: no row has a published Dice to compare with")
 
 
 FIGURE = Path("figures") / "ours_vs_paper.png"  # under results/, regenerated with the table
-
-
-def draw_paper_comparison(rows: List[Path], path: Path) -> Optional[Path]:
-    """Every row with a published Dice, ours against the paper's; None (and no file) when no row has one."""
-    from ssl_mamba.metrics.figures import paper_comparison_of_runs
-
-    return paper_comparison_of_runs(rows, path)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -341,4 +341,3 @@ def paper_comparison_of_runs(run_dirs: Sequence[PathLike], path: PathLike, split
     points = [{"paper": p["paper"], "ours": p["ours"], "group": p["labeled"], "shortened": shortened(p["runs"]),
                "name": p["label"] if key in repeated else p["paper_label"]} for p, key in zip(pairs, keys)]
     return paper_comparison(points, path) if points else None
-

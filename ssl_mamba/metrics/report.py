@@ -79,4 +79,3 @@ def lowest_cases(per_case: Sequence[Mapping[str, Any]], count: int = 3) -> str:
             by_case.setdefault(row["case"], []).append(float(dice))
     means = sorted((sum(v) / len(v), case) for case, v in by_case.items())
     return "lowest mean Dice: " + ", ".join(f"{case} {mean:.4f}" for mean, case in means[:count])
-
