@@ -54,6 +54,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--amp", choices=("none", "bf16"), default="none")
+    p.add_argument("--readback", choices=("deferred", "sync"), default="deferred",
+                   help="the trainer's default deferred read-back (no wait for the GPU), or the synchronous "
+                        "path of on_nonfinite=skip (waits for each iteration's losses, as every run did before "
+                        "the twelfth session)")
     return p.parse_args()
 
 
@@ -85,7 +89,7 @@ def measure_case(name: str, ctx, device: torch.device, args: argparse.Namespace)
     """Warm up, then time `iters` steps; images/s counts the global batch."""
     from ssl_mamba.data.batch import Batch
     from ssl_mamba.engine import distributed as ddp
-    from ssl_mamba.engine.step import run_iteration
+    from ssl_mamba.engine.step import finish_readback, run_iteration
 
     case = CASES[name]
     torch.manual_seed(0)
@@ -102,20 +106,24 @@ def measure_case(name: str, ctx, device: torch.device, args: argparse.Namespace)
     sync = ddp.GradSync(ctx, device) if ctx.enabled else None
     method.train()
     torch.cuda.reset_peak_memory_stats(device)
-    start = 0.0
+    start, defer, previous = 0.0, args.readback == "deferred", None
     for i in range(args.warmup + args.iters):
         if i == args.warmup:
             torch.cuda.synchronize(device)
             ddp.barrier(ctx)
             start = time.perf_counter()
-        run_iteration(method, optimizers, batch, i, device, cfg.train.amp, "stop", sync)
+        result = run_iteration(method, optimizers, batch, i, device, cfg.train.amp, "stop", sync, defer=defer)
         if sync is not None:
             ddp.broadcast_state(method.modules, ctx, buffers_only=True)
+        if previous is not None:  # as the trainer: the last iteration's values, read once this one is queued
+            finish_readback(previous)
+        previous = result
+    finish_readback(previous)
     torch.cuda.synchronize(device)
     ddp.barrier(ctx)
     seconds = time.perf_counter() - start
     return {"case": name, "gpus": ctx.world_size, "global_batch": case["batch_size"], "per_gpu_batch": n,
-            "amp": args.amp, "iters": args.iters, "step_ms": 1000 * seconds / args.iters,
+            "amp": args.amp, "readback": args.readback, "iters": args.iters, "step_ms": 1000 * seconds / args.iters,
             "images_per_s": case["batch_size"] * args.iters / seconds,
             "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30}
 
@@ -154,7 +162,8 @@ def free_port() -> int:
 def launch(world: int, args: argparse.Namespace, part: Path) -> list:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(Path(__file__).resolve()), "--worker", "--part", str(part),
-           "--cases", args.cases, "--warmup", str(args.warmup), "--iters", str(args.iters), "--amp", args.amp]
+           "--cases", args.cases, "--warmup", str(args.warmup), "--iters", str(args.iters), "--amp", args.amp,
+           "--readback", args.readback]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "NCCL_NVLS_ENABLE": "0"})
     if proc.returncode != 0 or not part.is_file():
         return [{"gpus": world, "error": f"torchrun exited with {proc.returncode}"}]

@@ -25,7 +25,8 @@ import methods  # noqa: F401  (registers the real methods in this process and in
 from ssl_mamba.config import load_config
 from ssl_mamba.data.samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler
 from ssl_mamba.engine.checkpoint import load_checkpoint
-from ssl_mamba.engine.distributed import DistContext, check_replicas, convert_sync_bn, shard_sizes
+from ssl_mamba.engine.distributed import (DistContext, GradSync, broadcast_state, check_grad_mismatch, check_replicas,
+                                          convert_sync_bn, shard_sizes)
 from ssl_mamba.engine.trainer import Trainer, TrainingInterrupted
 from ssl_mamba.errors import ConfigError, DataError, UserError
 from ssl_mamba.models import MODELS, register_model
@@ -136,6 +137,55 @@ def _worker(rank: int, port: int, jobs: list, out_dir: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _collectives_worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank of the GradSync / broadcast_state check; writes what it saw to out_dir."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        sync = GradSync(DistContext(rank, WORLD), torch.device("cpu"))
+        a, b, c = (nn.Parameter(torch.zeros(2, 3)), nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(1)))
+        frozen = nn.Parameter(torch.zeros(5), requires_grad=False)
+        a.grad = torch.full((2, 3), float(rank + 1))
+        c.grad = torch.full((1,), 8.0) if rank == 1 else None  # only rank 1 used c: a method bug
+        sync.reduce_grads([a, b, c, frozen])
+        first = float(sync.take_grad_mismatch())
+        try:
+            check_grad_mismatch(first)
+            message = ""
+        except UserError as exc:
+            message = str(exc)
+        c.grad = torch.full((1,), float(rank))  # now every rank has c's gradient: agreement again
+        sync.reduce_grads([a, b, c])
+        second = float(sync.take_grad_mismatch())
+        buffers = nn.BatchNorm1d(3)
+        buffers.running_mean.fill_(float(rank + 1))
+        buffers.num_batches_tracked.fill_(10 * (rank + 1))
+        broadcast_state(buffers, DistContext(rank, WORLD), buffers_only=True)
+        seen = {"a": a.grad.tolist(), "b_none": b.grad is None, "c": c.grad.tolist(), "first": first,
+                "message": message, "second": second, "running_mean": buffers.running_mean.tolist(),
+                "tracked": int(buffers.num_batches_tracked)}
+        Path(out_dir, f"collectives_{rank}.json").write_text(th.json.dumps(seen))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradient_average_flags_ranks_that_disagree_without_waiting(tmp_path):
+    """reduce_grads averages every gradient in one flat buffer whose size does not depend on which
+    parameters have gradients (so a method bug cannot hang the collective), leaves a gradient that no
+    rank has as None, and counts parameters that have a gradient on some ranks only; the count is a
+    device value, checked when the iteration is read back.  broadcast_state gives every rank rank 0's
+    buffers, floats and integers alike."""
+    mp.spawn(_collectives_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        seen = th.json.loads((tmp_path / f"collectives_{rank}.json").read_text())
+        assert seen["a"] == [[1.5] * 3] * 2  # (1 + 2) / 2
+        assert seen["b_none"]
+        assert seen["first"] == 1.0 and "1 parameter(s) have one on some ranks only" in seen["message"]
+        assert seen["second"] == 0.0 and seen["c"] == [0.5]
+        assert seen["running_mean"] == [1.0] * 3 and seen["tracked"] == 10
 
 
 def _config(tmp: Path, root: Path, name: str, **kwargs) -> str:
@@ -251,15 +301,19 @@ def _stop_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str
         dist.destroy_process_group()
 
 
-def test_a_signal_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path, phantom_root):
+@pytest.mark.parametrize("on_nonfinite, stops_after", [("stop", 4), ("skip", 3)])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path, phantom_root, on_nonfinite,
+                                                                        stops_after):
     """torchrun forwards a time limit's SIGTERM to every rank, but not at the same instant: the request
-    travels with the per-step scalar all-reduce, so all ranks stop after one iteration and write one
-    last.pt there (a rank that stopped alone would leave the other waiting in a collective)."""
+    travels with a per-step all-reduce, so all ranks stop after one iteration and write one last.pt
+    there (a rank that stopped alone would leave the other waiting in a collective).  The signal comes
+    during iteration 3.  The synchronous path (on_nonfinite=skip) agrees on it within that iteration;
+    the deferred read-back (the default) when iteration 3's values are read, while iteration 4 runs."""
     cfg = _config(tmp_path, phantom_root, "stop", max_iterations=8, checkpoint_every=100, val_every=100,
-                  options={"term_at": 2, "term_rank": 1})
+                  log_images_every=0, options={"term_at": 2, "term_rank": 1}, on_nonfinite=on_nonfinite)
     run_dir = tmp_path / "run"
     mp.spawn(_stop_worker, args=(free_port(), cfg, str(run_dir), str(tmp_path)), nprocs=WORLD, join=True)
     ended = [(tmp_path / f"ended_{r}.txt").read_text() for r in range(WORLD)]
-    assert "stopped by SIGTERM after iteration 3;" in ended[1], ended
-    assert "stopped by a signal to another rank after iteration 3;" in ended[0], ended
-    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 3
+    assert f"stopped by SIGTERM after iteration {stops_after};" in ended[1], ended
+    assert f"stopped by a signal to another rank after iteration {stops_after};" in ended[0], ended
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == stops_after

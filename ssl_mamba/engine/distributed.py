@@ -18,6 +18,9 @@ Design (issue 9):
   lr stays unchanged: a step equals the 1-process step up to float summation order, for losses
   that are means over rows (CE, MSE).  SSL4MIS's Dice sums intersections over the whole batch
   before dividing, so its sharded mean is close to, not equal to, the global-batch Dice.
+* No waiting: with the trainer's deferred read-back (step.py) an iteration queues its collectives
+  and never reads a value back mid-step; the losses, logs, the stop vote and the ranks' agreement on
+  which parameters had gradients are averaged in one all-reduce and read one iteration later.
 * Replicas: rank 0's weights are broadcast at start, every rank then applies identical averaged
   gradients, so students - and EMA teachers computed from them in after_step - stay identical;
   buffers (BatchNorm running statistics) follow rank 0 after every step, as DDP's broadcast_buffers;
@@ -145,21 +148,47 @@ def broadcast_state(modules: nn.Module, ctx: DistContext, buffers_only: bool = F
     At start: identical replicas.  After each step (buffers only, as DDP's broadcast_buffers):
     BatchNorm running statistics, updated from each rank's own rows, and the EMA teachers'
     buffers averaged from them follow rank 0, so replicas stay identical and rank 0's checkpoint
-    describes all of them.
+    describes all of them.  One broadcast per dtype (the tensors travel as one flat buffer): a
+    broadcast per tensor cost a collective launch for each of a network's dozens of buffers every step.
     """
     if not ctx.enabled:
         return
     tensors = list(modules.buffers()) if buffers_only else list(modules.parameters()) + list(modules.buffers())
     with torch.no_grad():
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src=0)
+        for group in _by_dtype(t.data for t in tensors).values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.broadcast(flat, src=0)
+            if not ctx.is_main:
+                torch._foreach_copy_(group, _views_like(flat, group))
+
+
+def _by_dtype(tensors: Iterable[torch.Tensor]) -> Dict[torch.dtype, List[torch.Tensor]]:
+    groups: Dict[torch.dtype, List[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    return groups
+
+
+def _views_like(flat: torch.Tensor, like: List[torch.Tensor]) -> List[torch.Tensor]:
+    """`flat` cut into views shaped as the tensors of `like`, in order (no copy)."""
+    pieces = torch.split(flat[:sum(t.numel() for t in like)], [t.numel() for t in like])
+    return [piece.view_as(t) for piece, t in zip(pieces, like)]
 
 
 class GradSync:
-    """Collectives the training step needs: averaged gradients, losses and log scalars."""
+    """Collectives the training step needs: averaged gradients, losses and log scalars.
+
+    Nothing here reads a value back to the host on the deferred path (`mean_` and `reduce_grads`
+    only queue work on the device): every read-back is a wait for the GPU, and four of them per
+    iteration left two H200s 15-30% idle (twelfth session).  Whether the ranks agreed on which
+    parameters have gradients is accumulated on the device (`take_grad_mismatch`) and checked when
+    the iteration's values are read back anyway.
+    """
 
     def __init__(self, ctx: DistContext, device: torch.device):
         self.ctx, self.device = ctx, device
+        self._presence: Dict[tuple, torch.Tensor] = {}  # cached 0/1 vectors, one per pattern and dtype
+        self._mismatch: Optional[torch.Tensor] = None  # this iteration's disagreements so far (device)
 
     def mean_value(self, value: float) -> float:
         """The mean over ranks of a per-rank scalar (so every rank takes the same branch on NaN)."""
@@ -174,29 +203,55 @@ class GradSync:
         dist.all_reduce(t)
         return {k: float(v) / self.ctx.world_size for k, v in zip(keys, t.tolist())}
 
+    def mean_(self, values: torch.Tensor) -> torch.Tensor:
+        """Average a device tensor over ranks, in place, without waiting for it."""
+        dist.all_reduce(values)
+        values /= self.ctx.world_size
+        return values
+
     def reduce_grads(self, params: Iterable[torch.Tensor]) -> None:
         """Average .grad over ranks for every parameter that has one, as one flat buffer per dtype.
 
-        Parameters without a gradient must be the same on every rank (they are skipped by the
-        optimizer as in a 1-process run); a mismatch would silently desynchronise, so it is checked.
+        Every trainable parameter has a slot in the buffer (zeros where this rank has no gradient),
+        followed by one 0/1 flag per parameter saying whether it has one: the buffers are the same size
+        on every rank whatever each computed, so a method that used different parameters on different
+        ranks cannot hang the collective, and the summed flags show it (each must be 0 or the world
+        size).  A mismatch would silently desynchronise the replicas; `take_grad_mismatch` reports it.
         """
-        grads = [p.grad for p in params if p.grad is not None]
-        count = torch.tensor([len(grads), -len(grads)], dtype=torch.int64, device=self.device)
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        if int(count[0]) != -int(count[1]):
-            raise UserError(f"rank {self.ctx.rank}: ranks disagree on which parameters received gradients "
-                            f"({-int(count[1])} to {int(count[0])}); a method must use the same parameters on every rank")
-        by_dtype: Dict[torch.dtype, List[torch.Tensor]] = {}
-        for g in grads:
-            by_dtype.setdefault(g.dtype, []).append(g)
-        for group in by_dtype.values():
-            flat = torch.cat([g.reshape(-1) for g in group])  # all grads of this dtype, (sum numel,)
-            dist.all_reduce(flat)
-            flat /= self.ctx.world_size
-            offset = 0
-            for g in group:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+        params = [p for p in params if p.requires_grad]
+        for dtype, group in _by_dtype(params).items():
+            flags = self._presence_flags(group, dtype)
+            slots = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in group]
+            flat = torch.cat(slots + [flags])
+            self.mean_(flat)
+            summed = flat[-len(group):] * self.ctx.world_size
+            disagree = ((summed > 0.5) & (summed < self.ctx.world_size - 0.5)).sum()
+            self._mismatch = disagree if self._mismatch is None else self._mismatch + disagree
+            averaged = [(p.grad, view) for p, view in zip(group, _views_like(flat, group)) if p.grad is not None]
+            if averaged:
+                torch._foreach_copy_([g for g, _ in averaged], [view for _, view in averaged])
+
+    def _presence_flags(self, group: List[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """1.0 for each parameter of `group` with a gradient, else 0.0, on the device (cached per
+        pattern: a fresh host-to-device copy every step would wait for the GPU)."""
+        key = (dtype, tuple(p.grad is not None for p in group))
+        if key not in self._presence:
+            self._presence[key] = torch.tensor([float(x) for x in key[1]], dtype=dtype, device=self.device)
+        return self._presence[key]
+
+    def take_grad_mismatch(self) -> torch.Tensor:
+        """How many parameters the ranks disagreed about (has a gradient on some ranks, not on others)
+        since the last call, as a device scalar; resets the count."""
+        mismatch, self._mismatch = self._mismatch, None
+        return mismatch if mismatch is not None else torch.zeros((), device=self.device)
+
+
+def check_grad_mismatch(mismatch: float) -> None:
+    """Raise UserError for a nonzero count read back from `GradSync.take_grad_mismatch`."""
+    if mismatch > 0:
+        raise UserError(f"ranks disagree on which parameters received gradients ({int(round(mismatch))} "
+                        "parameter(s) have one on some ranks only); a method must use the same parameters "
+                        "on every rank")
 
 
 def barrier(ctx: DistContext) -> None:

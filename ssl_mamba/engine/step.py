@@ -14,26 +14,34 @@ raises TrainingDiverged (naming the iteration and the loss terms); with "skip" t
 dropped, the rest of the iteration (remaining groups and after_step) is skipped and the caller
 counts it.
 
-Data-parallel runs pass `sync` (a `distributed.GradSync`): each group's loss value is averaged
-over ranks before the finite check (every rank takes the same branch), and the group's
-gradients are averaged over ranks between its backward and its optimizer step.
+Data-parallel runs pass `sync` (a `distributed.GradSync`): each group's gradients are averaged
+over ranks between its backward and its optimizer step, and the loss values are averaged over ranks
+before the finite check (every rank takes the same branch).
 
-`defer=True` (single process, on_nonfinite="stop") does not wait at all: the losses and logs start
-their copy to the host and the iteration returns with `result.pending`; `finish_readback(result)`
-waits for them later, once the next iteration is queued, so the GPU never idles while the host reads.
-The check then comes after the optimizer step: a non-finite loss still raises TrainingDiverged naming
-its iteration, but the weights in memory have taken that step (and the next).  The trainer resolves
-every pending iteration before it validates or writes a checkpoint, so no checkpoint ever holds them.
+`defer=True` (on_nonfinite="stop") does not wait at all: the losses and logs start their copy to the
+host and the iteration returns with `result.pending`; `finish_readback(result)` waits for them later,
+once the next iteration is queued, so the GPU never idles while the host reads.  The check then comes
+after the optimizer step: a non-finite loss still raises TrainingDiverged naming its iteration, but
+the weights in memory have taken that step (and the next).  The trainer resolves every pending
+iteration before it validates or writes a checkpoint, so no checkpoint ever holds them.  Under
+`sync` the packed values are averaged over ranks on the device before their copy, together with
+`votes` (host scalars the caller wants agreed, e.g. a stop request) and the ranks' agreement on which
+parameters had gradients, so every rank reads the same numbers and raises, or stops, at the same
+iteration.  (Host-valued log entries, such as a ramp's weight, are functions of the iteration and
+are the same on every rank; they are not averaged.)
 """
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from ..errors import UserError
+from .distributed import check_grad_mismatch
 from .method import Method, StepOutput
+
+GRAD_MISMATCH = "_ranks_disagree_on_gradients"  # rides with a deferred data-parallel read-back
 
 
 class TrainingDiverged(UserError):
@@ -96,6 +104,33 @@ def _packed(losses: List[torch.Tensor], logs: Dict[str, object]) -> tuple:
     return torch.stack(scalars), keys
 
 
+def _on_device(values: List[float], device: torch.device) -> torch.Tensor:
+    """Host floats as a float32 device tensor, without waiting for the device (pinned, non-blocking)."""
+    host = torch.tensor(values, dtype=torch.float32)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def _pending(losses: List[torch.Tensor], groups: List[str], logs: Dict[str, object], sync,
+             votes: Dict[str, float]) -> "PendingValues":
+    """Start the deferred read-back: losses, tensor logs and votes in one tensor (under `sync`, with the
+    gradient agreement count, averaged over ranks first), one copy."""
+    packed, keys = _packed(losses, logs)
+    extra = {**votes}
+    parts = [packed]
+    if extra:
+        parts.append(_on_device(list(extra.values()), packed.device))
+        keys += list(extra)
+    if sync is not None:
+        parts.append(sync.take_grad_mismatch().float().reshape(1))
+        keys.append(GRAD_MISMATCH)
+        packed = sync.mean_(torch.cat(parts))
+    elif len(parts) > 1:
+        packed = torch.cat(parts)
+    return PendingValues(packed, groups, keys)
+
+
 def _read_back(loss: torch.Tensor, logs: Dict[str, object]) -> float:
     """The loss value, with every tensor-valued entry of `logs` replaced by its float (in place),
     from one device-to-host copy."""
@@ -125,6 +160,7 @@ def finish_readback(result: IterationResult) -> IterationResult:
     n = len(pending.groups)
     result.logs.update(zip(pending.log_keys, values[n:]))
     result.losses = dict(zip(pending.groups, values[:n]))
+    check_grad_mismatch(result.logs.pop(GRAD_MISMATCH, 0.0))
     for group, value in result.losses.items():
         _check_finite(result, group, value, "stop")
     return result
@@ -142,12 +178,15 @@ def _resolve_loss(out: StepOutput, name: str, amp_ctx_factory) -> torch.Tensor:
 
 def run_iteration(method: Method, optimizers: list, batch, step: int, device: torch.device,
                   amp: str = "none", on_nonfinite: str = "stop", sync=None, graphs=None,
-                  defer: bool = False) -> IterationResult:
+                  defer: bool = False, votes: Optional[Callable[[], Dict[str, float]]] = None) -> IterationResult:
     """Forward, per-group backward/step, after_step.  `step` is the 0-based iteration index;
-    `graphs`: the run's `cuda_graphs.GraphedNetworks`, if its networks are CUDA-graphed; `defer`:
-    see the module docstring."""
-    if defer and (sync is not None or on_nonfinite != "stop"):
-        raise ValueError("a deferred read-back needs one process and on_nonfinite='stop'")
+    `graphs`: the run's `cuda_graphs.GraphedNetworks`, if its networks are CUDA-graphed; `defer` and
+    `votes` (deferred only: called once the iteration's work is queued, so a request that arrived
+    during it counts; the values come back in the result's logs): see the module docstring."""
+    if defer and on_nonfinite != "stop":
+        raise ValueError("a deferred read-back needs on_nonfinite='stop'")
+    if votes and not defer:
+        raise ValueError("votes ride with a deferred read-back (defer=True)")
     amp_ctx = lambda: autocast_context(device, amp, cache=graphs is None)  # noqa: E731  (a fresh one per use)
     if graphs is not None:
         graphs.new_iteration()
@@ -165,14 +204,15 @@ def run_iteration(method: Method, optimizers: list, batch, step: int, device: to
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 return result
-            if sync is not None:
-                sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
+        if sync is not None:
+            sync.reduce_grads(p for pg in optimizer.param_groups for p in pg["params"])
+            if not defer:  # this path waits anyway; the deferred one checks at its read-back
+                check_grad_mismatch(float(sync.take_grad_mismatch()))
         optimizer.step()
         losses.append(loss)
     method.after_step(step)
     if defer:  # the values leave in one copy, read by finish_readback
-        packed, keys = _packed(losses, result.logs)
-        result.pending = PendingValues(packed, [g.name for g in groups], keys)
+        result.pending = _pending(losses, [g.name for g in groups], result.logs, sync, votes() if votes else {})
     return result
 
 

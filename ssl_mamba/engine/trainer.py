@@ -222,8 +222,9 @@ class Trainer:
         # seconds: wall clock; the training steps; validations; last.pt writes (summary.json splits a run's time)
         self.elapsed = {"wall": 0.0, "train": 0.0, "validation": 0.0, "checkpoint": 0.0}
         # read each iteration's values back while the next one runs (step.py); the sync path stays for
-        # on_nonfinite=skip, which must drop the gradients before the step, and for torchrun's all-reduce
-        self.defer_readback = self.sync is None and cfg.train.on_nonfinite == "stop"
+        # on_nonfinite=skip, which must drop the gradients before the step
+        self.defer_readback = cfg.train.on_nonfinite == "stop"
+        self.stop_agreed = False  # under torchrun with deferred read-back: a resolved iteration's stop vote
         self.queued: Optional[QueuedIteration] = None  # the previous iteration, logged once its values arrive
         self.last_losses: Dict[str, float] = {}
 
@@ -453,13 +454,23 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _stop_vote(self) -> Dict[str, float]:
+        """Under torchrun with deferred read-back: this rank's stop request, averaged with the iteration's
+        values (`step.run_iteration`'s votes) and read back with them on every rank alike (`stop_agreed`),
+        so all ranks stop after the same iteration: usually the one after the request's (whose values
+        are read while it runs), at most two after."""
+        return {STOP_VOTE: float(self.stop_signal is not None)}
+
     def _agree_across_ranks(self, result: IterationResult, stop: bool) -> bool:
-        """Under torchrun: the buffers from rank 0, the logged scalars averaged, and whether any rank
-        was asked to stop (the request rides on that all-reduce, so all ranks stop after the same
-        iteration).  A single process keeps its own answer."""
+        """Under torchrun: the buffers from rank 0 and, on the synchronous path, the logged scalars
+        averaged and whether any rank was asked to stop (the request rides on that all-reduce, so all
+        ranks stop after the same iteration; the deferred path votes through `_stop_vote`).  A single
+        process keeps its own answer."""
         if self.sync is None:
             return stop
         ddp.broadcast_state(self.method.modules, self.dist, buffers_only=True)
+        if self.defer_readback:
+            return False
         logs = self.sync.mean_scalars({**result.logs, STOP_VOTE: float(stop)})
         stop = logs.pop(STOP_VOTE) > 0
         result.logs = logs
@@ -499,7 +510,8 @@ class Trainer:
                 if t.cuda_graphs and self.graphs is None:
                     self.graphs = self._capture_graphs(batch)
                 result = run_iteration(self.method, self.optimizers, batch, self.iteration, self.device,
-                                       t.amp, t.on_nonfinite, self.sync, self.graphs, defer=self.defer_readback)
+                                       t.amp, t.on_nonfinite, self.sync, self.graphs, defer=self.defer_readback,
+                                       votes=self._stop_vote if self.sync and self.defer_readback else None)
                 stop = self._agree_across_ranks(result, self.stop_signal is not None)
                 self.iteration += 1
                 self._apply_lr()
@@ -521,11 +533,13 @@ class Trainer:
         t = self.cfg.train
         checkpoint = done.iteration % t.checkpoint_every == 0 or done.iteration == t.max_iterations
         self._log_queued()  # its values have arrived while this iteration's work was queued
+        stop = stop or self.stop_agreed
         boundary = checkpoint or stop or self._validates(done.iteration) or self._logs_images(done.iteration)
         if done.result.pending is not None and not boundary:
             self.queued = done  # validation and checkpoints only ever see resolved iterations
         else:
             self._after_iteration(done)
+        stop = stop or self.stop_agreed
         if checkpoint:
             self._save_last()
         if stop and self.iteration < t.max_iterations:
@@ -560,6 +574,7 @@ class Trainer:
         tick = time.perf_counter()
         finish_readback(done.result)
         self.elapsed["train"] += time.perf_counter() - tick
+        self.stop_agreed = self.stop_agreed or done.result.logs.pop(STOP_VOTE, 0.0) > 0
         self.last_losses = done.result.losses
         validate = self._validates(done.iteration)
         if self.dist.is_main:
