@@ -9,6 +9,7 @@
   (the trainer checks it at every checkpoint) and resumes bit-exactly.
 * `torchrun -m ssl_mamba.cli train` runs end to end and writes its files once.
 """
+import datetime
 import os
 import socket
 import subprocess
@@ -36,6 +37,9 @@ import test_trainer as th  # noqa: E402
 from test_trainer import one_thread, phantom_root  # noqa: E402,F401  (shared fixtures)
 
 WORLD = 2
+# A rank left waiting in a collective (the other stopped or raised alone) fails the test in a minute
+# instead of gloo's default 30 minutes.
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=90)
 
 
 class PlainNet(nn.Module):
@@ -118,7 +122,7 @@ def _worker(rank: int, port: int, jobs: list, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
     try:
         for cfg_path, run_dir, resume in jobs:
             Trainer(load_config(cfg_path, []), run_dir, resume=resume, progress=False).fit()
@@ -142,7 +146,8 @@ def _worker(rank: int, port: int, jobs: list, out_dir: str) -> None:
 def _collectives_worker(rank: int, port: int, out_dir: str) -> None:
     """One rank of the GradSync / broadcast_state check; writes what it saw to out_dir."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=COLLECTIVE_TIMEOUT)
     try:
         sync = GradSync(DistContext(rank, WORLD), torch.device("cpu"))
         a, b, c = (nn.Parameter(torch.zeros(2, 3)), nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(1)))
@@ -159,13 +164,22 @@ def _collectives_worker(rank: int, port: int, out_dir: str) -> None:
         c.grad = torch.full((1,), float(rank))  # now every rank has c's gradient: agreement again
         sync.reduce_grads([a, b, c])
         second = float(sync.take_grad_mismatch())
+        # a bf16 parameter whose gradients are float32 (torch's grad_dtype), present on rank 0 only: the
+        # missing gradient's zeros must have the gradient's dtype, or the ranks' buffers differ in size
+        mixed = nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+        if hasattr(mixed, "grad_dtype"):
+            mixed.grad_dtype = torch.float32
+            mixed.grad = torch.full((3,), 2.0) if rank == 0 else None
+            sync.reduce_grads([a, mixed])
+        mixed_seen = mixed.grad.tolist() if mixed.grad is not None else None
+        mixed_mismatch = float(sync.take_grad_mismatch())
         buffers = nn.BatchNorm1d(3)
         buffers.running_mean.fill_(float(rank + 1))
         buffers.num_batches_tracked.fill_(10 * (rank + 1))
         broadcast_state(buffers, DistContext(rank, WORLD), buffers_only=True)
         seen = {"a": a.grad.tolist(), "b_none": b.grad is None, "c": c.grad.tolist(), "first": first,
                 "message": message, "second": second, "running_mean": buffers.running_mean.tolist(),
-                "tracked": int(buffers.num_batches_tracked)}
+                "tracked": int(buffers.num_batches_tracked), "mixed": mixed_seen, "mixed_mismatch": mixed_mismatch}
         Path(out_dir, f"collectives_{rank}.json").write_text(th.json.dumps(seen))
         dist.barrier()
     finally:
@@ -186,6 +200,8 @@ def test_gradient_average_flags_ranks_that_disagree_without_waiting(tmp_path):
         assert seen["first"] == 1.0 and "1 parameter(s) have one on some ranks only" in seen["message"]
         assert seen["second"] == 0.0 and seen["c"] == [0.5]
         assert seen["running_mean"] == [1.0] * 3 and seen["tracked"] == 10
+        if hasattr(torch.nn.Parameter(torch.zeros(1)), "grad_dtype"):
+            assert seen["mixed"] == ([1.0] * 3 if rank == 0 else None) and seen["mixed_mismatch"] == 1.0
 
 
 def _config(tmp: Path, root: Path, name: str, **kwargs) -> str:
@@ -289,7 +305,7 @@ def _stop_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
     try:
         try:
             Trainer(load_config(cfg_path, []), Path(run_dir), progress=False).fit()
@@ -317,3 +333,41 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path
     assert f"stopped by SIGTERM after iteration {stops_after};" in ended[1], ended
     assert f"stopped by a signal to another rank after iteration {stops_after};" in ended[0], ended
     assert load_checkpoint(run_dir / "last.pt")["iteration"] == stops_after
+
+
+def _failing_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:
+    """One rank of a run that must fail on every rank; records the error each one raised."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
+    try:
+        try:
+            Trainer(load_config(cfg_path, []), Path(run_dir), progress=False).fit()
+            outcome = "finished"
+        except UserError as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        Path(out_dir, f"failed_{rank}.txt").write_text(outcome)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["nan_on_one_rank", "gradient_on_one_rank"])
+def test_a_fault_on_one_rank_stops_every_rank_with_its_error(tmp_path, phantom_root, case):
+    """With the deferred read-back the values every rank checks are the ranks' means, so a NaN loss on
+    rank 1 alone, or a parameter (net2's) that has a gradient on rank 0 only, raises the same error on
+    both ranks at the same iteration; neither leaves the other waiting in a collective, and last.pt
+    (iteration 2) is not overwritten by the faulty iterations."""
+    options = {"nan_at": 2, "nan_rank": 1} if case == "nan_on_one_rank" else {"net1_only_rank": 1}
+    cfg = _config(tmp_path, phantom_root, case, networks=["_test_plain", "_test_plain"], max_iterations=6,
+                  checkpoint_every=2, val_every=100, log_images_every=0, options=options)
+    run_dir = tmp_path / "run"
+    mp.spawn(_failing_worker, args=(free_port(), cfg, str(run_dir), str(tmp_path)), nprocs=WORLD, join=True)
+    ended = [(tmp_path / f"failed_{r}.txt").read_text() for r in range(WORLD)]
+    expected = ("TrainingDiverged: non-finite loss at iteration 3" if case == "nan_on_one_rank"
+                else "UserError: ranks disagree on which parameters received gradients")
+    assert all(e.startswith(expected) for e in ended), ended
+    if case == "nan_on_one_rank":
+        assert load_checkpoint(run_dir / "last.pt")["iteration"] == 2
+

@@ -47,6 +47,8 @@ class ProbeOptions:
     term_at: int = -1  # 0-based iteration at which rank `term_rank` sends itself SIGTERM
     term_rank: int = 0
     fail_at: int = -1  # 0-based iteration whose training_step raises RuntimeError
+    nan_rank: int = -1  # with nan_at: only this rank's loss is NaN (-1: every rank's)
+    net1_only_rank: int = -1  # this rank trains net1 alone, so net2 gets no gradient there (a method bug)
 
 
 def _sup_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -66,13 +68,16 @@ if "_test_probe" not in METHODS:
         needs_unlabeled = False
 
         def training_step(self, batch: Batch, step: int) -> StepOutput:
-            losses = [_sup_loss(net(batch.image), batch) for net in self.students().values()]
-            loss = sum(losses)
-            if step == self.options.nan_at:
+            rank = int(os.environ.get("RANK", "0"))
+            nets = list(self.students().values())
+            if rank == self.options.net1_only_rank:
+                nets = nets[:1]
+            loss = sum(_sup_loss(net(batch.image), batch) for net in nets)
+            if step == self.options.nan_at and self.options.nan_rank in (-1, rank):
                 loss = loss * float("nan")
             if step == self.options.fail_at:
                 raise RuntimeError(f"probe failure at step {step}")
-            if step == self.options.term_at and int(os.environ.get("RANK", "0")) == self.options.term_rank:
+            if step == self.options.term_at and rank == self.options.term_rank:
                 os.kill(os.getpid(), signal.SIGTERM)
             # a tensor-valued log, read back by run_iteration after the backward, and a float one
             logs = {"loss/ce": loss.detach(), "probe/autocast": float(torch.is_autocast_enabled("cpu"))}

@@ -169,6 +169,20 @@ def _by_dtype(tensors: Iterable[torch.Tensor]) -> Dict[torch.dtype, List[torch.T
     return groups
 
 
+def host_to_device(values: List[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host numbers as a device tensor without waiting for the device: on CUDA through pinned memory and a
+    non-blocking copy (a plain `torch.tensor(..., device="cuda")` waits for everything queued)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def _grad_dtype(p: torch.Tensor) -> torch.dtype:
+    """The dtype p's gradient has (or would have): the parameter's, unless torch's `grad_dtype` says other."""
+    return getattr(p, "grad_dtype", None) or p.dtype
+
+
 def _views_like(flat: torch.Tensor, like: List[torch.Tensor]) -> List[torch.Tensor]:
     """`flat` cut into views shaped as the tensors of `like`, in order (no copy)."""
     pieces = torch.split(flat[:sum(t.numel() for t in like)], [t.numel() for t in like])
@@ -216,12 +230,18 @@ class GradSync:
         followed by one 0/1 flag per parameter saying whether it has one: the buffers are the same size
         on every rank whatever each computed, so a method that used different parameters on different
         ranks cannot hang the collective, and the summed flags show it (each must be 0 or the world
-        size).  A mismatch would silently desynchronise the replicas; `take_grad_mismatch` reports it.
+        size).  A mismatch desynchronises the replicas (a rank without the gradient skips that parameter
+        in its step) until `take_grad_mismatch`'s count is read back, one or two iterations later, and the
+        run stops with an error; no checkpoint is written in between.
         """
         params = [p for p in params if p.requires_grad]
-        for dtype, group in _by_dtype(params).items():
+        groups: Dict[torch.dtype, List[torch.Tensor]] = {}
+        for p in params:  # by gradient dtype, so a missing gradient's zeros match the others' bytes
+            groups.setdefault(_grad_dtype(p), []).append(p)
+        for dtype, group in groups.items():
             flags = self._presence_flags(group, dtype)
-            slots = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in group]
+            slots = [p.grad.reshape(-1).to(dtype) if p.grad is not None else p.new_zeros(p.numel(), dtype=dtype)
+                     for p in group]
             flat = torch.cat(slots + [flags])
             self.mean_(flat)
             summed = flat[-len(group):] * self.ctx.world_size
@@ -232,11 +252,10 @@ class GradSync:
                 torch._foreach_copy_([g for g, _ in averaged], [view for _, view in averaged])
 
     def _presence_flags(self, group: List[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """1.0 for each parameter of `group` with a gradient, else 0.0, on the device (cached per
-        pattern: a fresh host-to-device copy every step would wait for the GPU)."""
+        """1.0 for each parameter of `group` with a gradient, else 0.0, on the device (cached per pattern)."""
         key = (dtype, tuple(p.grad is not None for p in group))
         if key not in self._presence:
-            self._presence[key] = torch.tensor([float(x) for x in key[1]], dtype=dtype, device=self.device)
+            self._presence[key] = host_to_device([float(x) for x in key[1]], dtype, self.device)
         return self._presence[key]
 
     def take_grad_mismatch(self) -> torch.Tensor:

@@ -27,8 +27,8 @@ iteration before it validates or writes a checkpoint, so no checkpoint ever hold
 `sync` the packed values are averaged over ranks on the device before their copy, together with
 `votes` (host scalars the caller wants agreed, e.g. a stop request) and the ranks' agreement on which
 parameters had gradients, so every rank reads the same numbers and raises, or stops, at the same
-iteration.  (Host-valued log entries, such as a ramp's weight, are functions of the iteration and
-are the same on every rank; they are not averaged.)
+iteration.  Host-valued log entries (a ramp's weight, a float the method read back itself) ride
+along and are averaged too, as the synchronous path averages every logged number.
 """
 import contextlib
 import math
@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ..errors import UserError
-from .distributed import check_grad_mismatch
+from .distributed import check_grad_mismatch, host_to_device
 from .method import Method, StepOutput
 
 GRAD_MISMATCH = "_ranks_disagree_on_gradients"  # rides with a deferred data-parallel read-back
@@ -104,23 +104,17 @@ def _packed(losses: List[torch.Tensor], logs: Dict[str, object]) -> tuple:
     return torch.stack(scalars), keys
 
 
-def _on_device(values: List[float], device: torch.device) -> torch.Tensor:
-    """Host floats as a float32 device tensor, without waiting for the device (pinned, non-blocking)."""
-    host = torch.tensor(values, dtype=torch.float32)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
-
-
 def _pending(losses: List[torch.Tensor], groups: List[str], logs: Dict[str, object], sync,
              votes: Dict[str, float]) -> "PendingValues":
     """Start the deferred read-back: losses, tensor logs and votes in one tensor (under `sync`, with the
-    gradient agreement count, averaged over ranks first), one copy."""
+    host-valued logs and the gradient agreement count, all averaged over ranks first), one copy."""
     packed, keys = _packed(losses, logs)
-    extra = {**votes}
+    extra = dict(votes)
+    if sync is not None:  # as the synchronous path's mean_scalars: every logged number is the ranks' mean
+        extra.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
     parts = [packed]
     if extra:
-        parts.append(_on_device(list(extra.values()), packed.device))
+        parts.append(host_to_device(list(extra.values()), torch.float32, packed.device))
         keys += list(extra)
     if sync is not None:
         parts.append(sync.take_grad_mismatch().float().reshape(1))
