@@ -28,6 +28,7 @@ class DataConfig:
     augment: str = "cpu"  # cpu (faithful RandomGenerator) | gpu (batched affine) | none
     rotflip_prob: float = 0.5  # P(rot90+flip); the rest rotates with rotate_prob
     rotate_prob: float = 0.5  # P(rotation | no rot90+flip): 0.5 is the MU / old-SSL4MIS behaviour
+    normalize: str = "none"  # none (as stored: the papers') | percentile (per slice, data/normalize.py)
     num_workers: int = 2
 
 
@@ -273,6 +274,7 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
     """Cross-field checks that need no registry (names are checked where they are resolved)."""
     d, m, t, e = cfg.data, cfg.method, cfg.train, cfg.eval
     _check_choice(d.augment, ("cpu", "gpu", "none"), "data.augment", source)
+    _check_choice(d.normalize, ("none", "percentile"), "data.normalize", source)
     _check_choice(t.amp, ("none", "bf16"), "train.amp", source)
     _check_choice(t.schedule, ("poly", "cosine", "constant"), "train.schedule", source)
     _check_choice(t.optimizer, ("sgd", "adam", "adamw"), "train.optimizer", source)

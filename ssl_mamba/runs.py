@@ -91,9 +91,9 @@ def _device(cfg: ExperimentConfig):
 
 def _open_split(cfg: ExperimentConfig, split: str):
     """The dataset source and the volume names of `split`, opened once per evaluation."""
-    from .data import open_dataset
+    from .data import normalized_source, open_dataset
 
-    source = open_dataset(cfg.data.root)
+    source = normalized_source(open_dataset(cfg.data.root), cfg.data.normalize)  # as the run trained
     names = source.volume_names(split)
     if not names:
         raise UserError(f"dataset {cfg.data.root} has no volumes in split {split!r}")

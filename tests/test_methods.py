@@ -310,6 +310,21 @@ def test_supervised_diagnostics_train_exactly_the_semi_rows_supervised_half():
         assert (cfg.data, cfg.train, cfg.eval) == (semi.data, semi.train, semi.eval), path.name
 
 
+def test_normalized_diagnostics_differ_from_their_rows_in_the_normalisation_only():
+    """configs/diagnostics/acdc_mt_unet_<N>cases_normalized: the MT + UNet row with data.normalize on;
+    any other difference would confound what the diagnostic measures."""
+    pairs = [(p, REPO / "configs" / "acdc" / f"mt_unet_{p.stem.split('_')[-2]}.yaml")
+             for p in DIAGNOSTICS if p.stem.endswith("_normalized")]
+    assert len(pairs) == 2
+    for path, row_path in pairs:
+        cfg, row = load_config(path), load_config(row_path)
+        assert path.read_text().startswith("# Not a paper row") and cfg.name == path.stem
+        assert cfg.data.normalize == "percentile" and row.data.normalize == "none"
+        same_data = dataclasses.replace(cfg.data, normalize="none")
+        assert (same_data, cfg.model, cfg.method, cfg.train, cfg.eval) == (row.data, row.model, row.method, row.train,
+                                                                           row.eval), path.name
+
+
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name != "acdc"],
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_promise12_and_synapse_rows_meet_their_paper_rows(path):

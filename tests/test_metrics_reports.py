@@ -319,3 +319,21 @@ def test_overlays_are_cut_to_the_labelled_and_predicted_structures():
     edge = np.zeros_like(label)
     edge[0:3, 0:3] = 1  # the margin stops at the border
     assert figures.foreground_crop(image, edge, np.zeros_like(edge), margin=5)[0].shape == (8, 8)
+
+
+def test_a_renormalised_run_is_its_own_row_without_a_paper_counterpart(tmp_path):
+    """A diagnostic with data.normalize neither pools with the row it varies nor meets the paper's row."""
+    from ssl_mamba.metrics.table import paper_pairs
+
+    plain = make_run(tmp_path, "mt", 1, 0.60, method="mean_teacher", networks=("unet",), labeled=3)
+    cfg = ExperimentConfig(name="mt_normalized")
+    cfg.method.name, cfg.model.networks, cfg.data.labeled_cases = "mean_teacher", ["unet"], 3
+    cfg.train.seed, cfg.data.normalize = 1, "percentile"
+    save_config(cfg, tmp_path / "mt_normalized" / "config.yaml")
+    write_reports(make_result(0.7, 0.7), tmp_path / "mt_normalized" / "metrics" / "test")
+    runs = [plain, tmp_path / "mt_normalized"]
+    assert [p["ours"] for p in paper_pairs(runs)] == [pytest.approx(0.75)]  # the plain run alone
+    lines = build_table(runs, compare="paper").splitlines()
+    ours = [line for line in lines if "| ours |" in line]
+    assert len(ours) == 2 and "data.normalize=percentile" in ours[1] and "| 1 |" in ours[1]
+

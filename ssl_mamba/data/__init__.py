@@ -3,6 +3,7 @@ from .augment import (batched_affine, cutout, gaussian_noise, intensity_jitter, 
                       weak_view)
 from .batch import Batch
 from .inspect import check_dataset, dataset_info
+from .normalize import NormalizedSource, normalized_source, percentile_rescale
 from .pack import PackSource, pack_dataset
 from .phantom import generate_phantom
 from .samplers import ShuffleSampler, TwoStreamSampler
@@ -15,4 +16,5 @@ __all__ = [
     "LabeledSplit", "make_split", "TwoStreamSampler", "ShuffleSampler", "SliceDataset", "TrainStream",
     "build_train_stream", "random_generator", "batched_affine", "intensity_jitter", "gaussian_noise", "cutout",
     "weak_view", "strong_view", "pack_dataset", "dataset_info", "check_dataset", "generate_phantom",
+    "NormalizedSource", "normalized_source", "percentile_rescale",
 ]

@@ -184,14 +184,14 @@ class Trainer:
     def _build(self) -> None:
         """Data, networks, method, optimizers: every check runs before the first iteration."""
         cfg = self.cfg
-        from ..data import build_train_stream, make_split, open_dataset
+        from ..data import build_train_stream, make_split, normalized_source, open_dataset
 
         if cfg.eval.val_split == "test":
             raise ConfigError("eval.val_split is 'test': model selection must never see the test split; use val")
         # Names first (cheap, and the most common typo), then the data, then the networks.
         method_class = METHODS.get(cfg.method.name)
         check_model_names(cfg.model.networks)
-        self.source = open_dataset(cfg.data.root)
+        self.source = normalized_source(open_dataset(cfg.data.root), cfg.data.normalize)
         self.split = make_split(self.source, labeled_cases=cfg.data.labeled_cases,
                                 labeled_slices=cfg.data.labeled_slices, labeled_fraction=cfg.data.labeled_fraction)
         self.val_names = list(self.source.volume_names(cfg.eval.val_split))

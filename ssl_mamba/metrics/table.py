@@ -76,9 +76,12 @@ def row_label(cfg: ExperimentConfig) -> str:
 
 
 def published_rows(cfg: ExperimentConfig) -> list:
-    """The papers' rows for this experiment.  The papers label by cases (or everything): a run that
-    chose its labeled data by slices or by fraction has no published counterpart."""
+    """The papers' rows for this experiment.  The papers label by cases (or everything) and read the
+    images as stored: a run that chose its labeled data by slices or by fraction, or renormalised its
+    images (data.normalize), has no published counterpart."""
     if cfg.data.labeled_slices is not None or cfg.data.labeled_fraction is not None:
+        return []
+    if cfg.data.normalize != "none":
         return []
     return find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
 
