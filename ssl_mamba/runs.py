@@ -154,12 +154,26 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
     return lines
 
 
+def _check_normalize_matches_run(cfg: ExperimentConfig, checkpoint: Path) -> None:
+    """A checkpoint holds weights only: when it sits in a run folder, the images must be read the way that
+    run trained on them (data.normalize), or the scores (written into the run folder by default) are wrong."""
+    run_config = checkpoint.parent / "config.yaml"
+    if not run_config.is_file():
+        return
+    trained = load_config(run_config, []).data.normalize
+    if trained != cfg.data.normalize:
+        raise UserError(f"{checkpoint} was trained with data.normalize={trained} ({run_config}) but the config "
+                        f"given reads images with data.normalize={cfg.data.normalize}; pass "
+                        f"--set data.normalize={trained}, or evaluate the run with --run {checkpoint.parent}")
+
+
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: Path, split: str, out_dir: Path) -> str:
     """Evaluate a single checkpoint file (e.g. trained with the original code) with the config's first network."""
     from .metrics import paper_row
 
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
+    _check_normalize_matches_run(cfg, checkpoint)
     net = _build_network(cfg, 0)
     _load_weights(net, checkpoint)
     source, names = _open_split(cfg, split)

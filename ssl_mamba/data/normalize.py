@@ -14,16 +14,25 @@ from typing import Tuple
 
 import numpy as np
 
+from ..errors import DataError
+
 NORMALIZERS = ("none", "percentile")
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 
 
 def percentile_rescale(image: np.ndarray) -> np.ndarray:
     """Each 2-D slice of `image` (H, W) or (S, H, W) mapped so its LOW / HIGH percentiles become 0 / 1,
-    clipped to [0, 1]; a slice whose two percentiles coincide (constant, or nearly so) becomes zeros."""
+    clipped to [0, 1].  A slice whose two percentiles coincide (nearly constant: a few bright pixels on a
+    flat background) falls back to its minimum / maximum; a constant slice becomes zeros.  Non-finite
+    pixels are a ValueError (they would otherwise turn the whole slice black without a word)."""
     stack = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(stack).all():
+        raise ValueError("image has non-finite pixels (NaN or inf)")
     flat = stack.reshape(-1, stack.shape[-2] * stack.shape[-1])  # one row per slice
     low, high = np.percentile(flat, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1)  # (slices,) each
+    flat_range = high <= low
+    low = np.where(flat_range, flat.min(axis=1), low)
+    high = np.where(flat_range, flat.max(axis=1), high)
     span = (high - low)[:, None]
     scaled = np.where(span > 0, (flat - low[:, None]) / np.where(span > 0, span, 1.0), 0.0)
     return np.clip(scaled, 0.0, 1.0).astype(np.float32).reshape(stack.shape)
@@ -37,11 +46,17 @@ class NormalizedSource:
 
     def read_slice(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
         image, label = self.source.read_slice(name)
-        return percentile_rescale(image), label
+        return self._rescaled(image, f"slice {name!r}"), label
 
     def read_volume(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
         image, label = self.source.read_volume(name)
-        return percentile_rescale(image), label
+        return self._rescaled(image, f"volume {name!r}"), label
+
+    def _rescaled(self, image: np.ndarray, what: str) -> np.ndarray:
+        try:
+            return percentile_rescale(image)
+        except ValueError as exc:
+            raise DataError(f"{self.source.root}: {what}: {exc}; data.normalize=percentile cannot rescale it") from None
 
     def __getattr__(self, attribute: str):  # names, splits, metadata, case_of: the wrapped source's
         if attribute == "source":  # not set yet (unpickling): no recursion through __getattr__
