@@ -291,6 +291,27 @@ def test_resuming_a_folder_without_recorded_options_says_which_defaults_apply(tm
     assert not [r for r in caplog.records if "does not record" in r.getMessage()]
 
 
+def test_resume_names_real_config_changes_only(tmp_path, phantom_root, caplog):
+    """A checkpoint written before a config field existed (data.normalize) or with its method options
+    unrecorded (as before the twelfth session) resumes without a 'differs' warning about them; a value that
+    did change (train.max_iterations) is still named."""
+    import methods  # noqa: F401 - registers mean_teacher
+
+    cfg = tiny_config(phantom_root, method="mean_teacher", labeled_batch_size=2, max_iterations=2)
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False).fit()
+    state = load_checkpoint(run / "last.pt")
+    assert state["config"]["method"]["options"]["teacher_mode"] == "train"  # resolved options recorded now
+    del state["config"]["data"]["normalize"]
+    state["config"]["method"]["options"] = {}
+    save_checkpoint(state, run / "last.pt")
+    longer = load_config(run / "config.yaml", ["train.max_iterations=3"])
+    with caplog.at_level("WARNING", logger="ssl_mamba.engine.trainer"):
+        Trainer(longer, run, resume=True, progress=False).fit()
+    warned = [r.getMessage() for r in caplog.records if "differs from the checkpoint's" in r.getMessage()]
+    assert warned == ["resuming with a config that differs from the checkpoint's in: train.max_iterations"], warned
+
+
 @pytest.mark.parametrize("nets", [["test_unet"], ["test_unet", "test_unet"]])
 def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, nets):
     cfg = tiny_config(phantom_root, networks=nets)

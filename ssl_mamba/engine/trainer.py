@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig, save_config, to_dict
+from ..config import ExperimentConfig, from_dict, save_config, to_dict
 from ..errors import ConfigError, DataError, UserError
 from ..ops import resolve_backend, set_low_memory_scan
 from ..utils.io import atomic_write_json
@@ -319,11 +319,12 @@ class Trainer:
             "best": self.best,
             "skipped": self.skipped,
             "elapsed": dict(self.elapsed),
-            "config": to_dict(self.cfg),
+            "config": to_dict(self.method.resolved_config()),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        changed = changed_keys(state.get("config", {}), to_dict(self.cfg))
+        current = to_dict(self.method.resolved_config())
+        changed = changed_keys(_with_defaults(state.get("config", {}), current), current)
         if changed:
             log.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
         self.method.load_state_dict(state["method"])
@@ -687,6 +688,20 @@ def batch_images(batch, num_classes: int) -> Dict[str, torch.Tensor]:
     hi = image.amax(dim=(1, 2, 3), keepdim=True)
     label = batch.label[:4, None].float() / max(num_classes - 1, 1)  # (N, H, W) -> (N, 1, H, W)
     return {"train/image": (image - lo) / (hi - lo).clamp_min(1e-8), "train/label": label}
+
+
+def _with_defaults(saved: dict, current: dict) -> dict:
+    """A checkpoint's config with the fields added since it was written filled with their defaults (the
+    values it trained with), so a resume does not report them as changed.  Checkpoints before the twelfth
+    session stored method options as given (often none): an option they leave out had its default, which
+    config.yaml spells out (`Method.resolved_config`, what `current` holds), so it is taken from there
+    (`_warn_unrecorded_options` already names a default that config.yaml had to supply)."""
+    try:
+        filled = to_dict(from_dict(ExperimentConfig, saved, "checkpoint config"))
+    except Exception:  # noqa: BLE001 - a config this release cannot read: compare it as it is
+        return saved
+    filled["method"]["options"] = {**current["method"]["options"], **filled["method"]["options"]}
+    return filled
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> List[str]:
