@@ -296,15 +296,25 @@ def test_configs_exist_for_every_paper_row():
     assert {("promise12", "semi_mamba_unet_8cases"), ("promise12", "semi_mamba_unet_12cases")} <= others
 
 
+def _diagnostics_beside_rows(pattern: str, row_of) -> list:
+    """[(path, config, its paper row's config)] for the configs/diagnostics files matching `pattern`,
+    checked to be two (3 and 7 cases), marked as no paper row and named after their file; `row_of(stem)`
+    is the row's config name under configs/acdc."""
+    paths = [p for p in DIAGNOSTICS if p.match(pattern)]
+    assert len(paths) == 2, paths
+    out = []
+    for path in paths:
+        cfg = load_config(path)
+        assert path.read_text().startswith("# Not a paper row") and cfg.name == path.stem
+        out.append((path, cfg, load_config(REPO / "configs" / "acdc" / f"{row_of(path.stem)}.yaml")))
+    return out
+
+
 def test_supervised_diagnostics_train_exactly_the_semi_rows_supervised_half():
     """configs/diagnostics/<dataset>_supervised_unet_<N>cases: the UNet semi rows minus their unlabeled
     loss, so the labeled cases, schedule, optimiser and labeled rows per batch must be the semi row's."""
-    pairs = [(p, REPO / "configs" / "acdc" / f"mt_unet_{p.stem.split('_')[-1]}.yaml")
-             for p in DIAGNOSTICS if p.stem.startswith("acdc_supervised_unet_")]
-    assert len(pairs) == 2
-    for path, semi_path in pairs:
-        cfg, semi = load_config(path), load_config(semi_path)
-        assert path.read_text().startswith("# Not a paper row") and cfg.name == path.stem
+    for path, cfg, semi in _diagnostics_beside_rows("acdc_supervised_unet_*.yaml",
+                                                    lambda stem: f"mt_unet_{stem.split('_')[-1]}"):
         assert cfg.method.name == "supervised" and cfg.model.networks == semi.model.networks
         assert cfg.method.batch_size == semi.method.labeled_batch_size and cfg.method.labeled_batch_size is None
         assert (cfg.data, cfg.train, cfg.eval) == (semi.data, semi.train, semi.eval), path.name
@@ -313,12 +323,7 @@ def test_supervised_diagnostics_train_exactly_the_semi_rows_supervised_half():
 def test_normalized_diagnostics_differ_from_their_rows_in_the_normalisation_only():
     """configs/diagnostics/acdc_mt_unet_<N>cases_normalized: the MT + UNet row with data.normalize on;
     any other difference would confound what the diagnostic measures."""
-    pairs = [(p, REPO / "configs" / "acdc" / f"mt_unet_{p.stem.split('_')[-2]}.yaml")
-             for p in DIAGNOSTICS if p.stem.endswith("_normalized")]
-    assert len(pairs) == 2
-    for path, row_path in pairs:
-        cfg, row = load_config(path), load_config(row_path)
-        assert path.read_text().startswith("# Not a paper row") and cfg.name == path.stem
+    for path, cfg, row in _diagnostics_beside_rows("*_normalized.yaml", lambda stem: f"mt_unet_{stem.split('_')[-2]}"):
         assert cfg.data.normalize == "percentile" and row.data.normalize == "none"
         same_data = dataclasses.replace(cfg.data, normalize="none")
         assert (same_data, cfg.model, cfg.method, cfg.train, cfg.eval) == (row.data, row.model, row.method, row.train,

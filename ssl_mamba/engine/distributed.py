@@ -162,10 +162,10 @@ def broadcast_state(modules: nn.Module, ctx: DistContext, buffers_only: bool = F
                 torch._foreach_copy_(group, _views_like(flat, group))
 
 
-def _by_dtype(tensors: Iterable[torch.Tensor]) -> Dict[torch.dtype, List[torch.Tensor]]:
+def _by_dtype(tensors: Iterable[torch.Tensor], dtype_of=lambda t: t.dtype) -> Dict[torch.dtype, List[torch.Tensor]]:
     groups: Dict[torch.dtype, List[torch.Tensor]] = {}
     for t in tensors:
-        groups.setdefault(t.dtype, []).append(t)
+        groups.setdefault(dtype_of(t), []).append(t)
     return groups
 
 
@@ -234,11 +234,9 @@ class GradSync:
         in its step) until `take_grad_mismatch`'s count is read back, one or two iterations later, and the
         run stops with an error; no checkpoint is written in between.
         """
-        params = [p for p in params if p.requires_grad]
-        groups: Dict[torch.dtype, List[torch.Tensor]] = {}
-        for p in params:  # by gradient dtype, so a missing gradient's zeros match the others' bytes
-            groups.setdefault(_grad_dtype(p), []).append(p)
-        for dtype, group in groups.items():
+        trainable = (p for p in params if p.requires_grad)
+        # by gradient dtype, so a missing gradient's zeros match the other ranks' bytes
+        for dtype, group in _by_dtype(trainable, _grad_dtype).items():
             flags = self._presence_flags(group, dtype)
             slots = [p.grad.reshape(-1).to(dtype) if p.grad is not None else p.new_zeros(p.numel(), dtype=dtype)
                      for p in group]
