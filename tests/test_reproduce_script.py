@@ -33,6 +33,19 @@ def test_committed_results_table_is_regenerated_unchanged(reproduce, tmp_path, c
     assert f"]({reproduce.FIGURE.as_posix()})" in table  # and results/README.md shows it
 
 
+def test_committed_diagnostics_table_is_regenerated_unchanged(reproduce, tmp_path, capsys):
+    """results/diagnostics/ is a results folder of its own: its rows never enter the main table."""
+    results = tmp_path / "diagnostics"
+    shutil.copytree(REPO / "results" / "diagnostics", results)
+    reproduce.main(["table", "--results", str(results)])
+    assert "no figure" in capsys.readouterr().out  # no diagnostic meets a paper row
+    assert (results / "README.md").read_text() == (REPO / "results" / "diagnostics" / "README.md").read_text(), (
+        "results/diagnostics/README.md is stale: run `python scripts/reproduce.py table --results results/diagnostics`")
+    main_table = (REPO / "results" / "README.md").read_text()
+    for row in (p.name for p in results.iterdir() if (p / "metrics" / "test" / "summary.json").is_file()):
+        assert f"| {row} |" in (results / "README.md").read_text() and f"| {row} |" not in main_table
+
+
 def test_table_without_a_published_counterpart_skips_the_figure(reproduce, tmp_path, capsys):
     results = tmp_path / "results"
     shutil.copytree(REPO / "results" / "acdc_fully_unet", results / "acdc_fully_unet")

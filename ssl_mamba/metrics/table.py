@@ -71,8 +71,12 @@ def labeled_data(cfg: ExperimentConfig) -> str:
 
 
 def row_label(cfg: ExperimentConfig) -> str:
-    """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'."""
-    return f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
+    """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'.  A run that rescales its images
+    (`data.normalize`) says so, since otherwise it reads exactly like the row it varies."""
+    label = f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
+    if cfg.data.normalize != "none":
+        label += f", {cfg.data.normalize}-normalised slices"
+    return label
 
 
 def published_rows(cfg: ExperimentConfig) -> list:
