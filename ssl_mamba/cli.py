@@ -204,6 +204,30 @@ def curves(run_dirs, key, labels, start, out) -> None:
     click.echo(compare_curves(dict(zip(names, run_dirs)), Path(out), key=key, start=start))
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--split", default="test", show_default=True, help="The evaluated split to compare.")
+@click.option("--label", "labels", multiple=True, help="Names of the two runs, in order (default: folder names).")
+@click.option("--missed", default=0.2, show_default=True, help="Dice below which a volume counts as missed.")
+@click.option("--top", default=5, show_default=True, help="How many gained and lost volumes to list.")
+@click.option("-o", "--out", help="Also draw the per-volume scatter into this PNG.")
+def cases(run_a, run_b, split, labels, missed, top, out) -> None:
+    """Compare two evaluated runs volume by volume: which volumes a change found, lost or left alone."""
+    from .metrics.report import case_changes, read_case_dice
+
+    if labels and len(labels) != 2:
+        raise UserError(f"--label given {len(labels)} times; give it twice (one per run) or not at all")
+    names = list(labels) or [Path(run_a).name, Path(run_b).name]
+    before, after = read_case_dice(run_a, split), read_case_dice(run_b, split)
+    for line in case_changes(before, after, missed=missed, top=top, names=names):
+        click.echo(line)
+    if out:
+        from .metrics.figures import case_scatter
+
+        click.echo(f"figure: {case_scatter(before, after, Path(out), names=names, annotate=top)}")
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 

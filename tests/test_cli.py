@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from ssl_mamba.cli import main
 
-COMMANDS = [[], ["info"], ["train"], ["evaluate"], ["table"], ["curves"], ["demo"], ["data"], ["data", "info"],
-            ["data", "pack"], ["data", "phantom"]]
+COMMANDS = [[], ["info"], ["train"], ["evaluate"], ["table"], ["curves"], ["cases"], ["demo"], ["data"],
+            ["data", "info"], ["data", "pack"], ["data", "phantom"]]
 
 
 def invoke(*args):
@@ -118,6 +118,41 @@ def test_curves_draws_runs_and_rejects_unmatched_labels(tmp_path):
     assert_one_line_error(invoke("curves", str(tmp_path / "a"), "--key", "val/net1/hd95", "-o", str(out)),
                           "no scalar 'val/net1/hd95'")
     assert_one_line_error(invoke("curves", str(tmp_path / "nope"), "-o", str(out)), "run directory not found")
+
+
+def write_case_dice(run_dir, dice_by_case):
+    """A run's metrics/test/per_case.csv with two classes per case, whose mean is the given Dice."""
+    out = run_dir / "metrics" / "test"
+    out.mkdir(parents=True)
+    rows = ["case,class,dice"] + [f"{c},{k},{d + (0.05 if k == 1 else -0.05):.6f}"
+                                  for c, d in dice_by_case.items() for k in (1, 2)]
+    (out / "per_case.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_cases_lists_found_and_lost_volumes_and_draws_them(tmp_path):
+    write_case_dice(tmp_path / "a", {"v1": 0.05, "v2": 0.80, "v3": 0.60, "v4": 0.10})
+    write_case_dice(tmp_path / "b", {"v1": 0.75, "v2": 0.40, "v3": 0.62, "v4": 0.15})
+    out = tmp_path / "cases.png"
+    result = invoke("cases", str(tmp_path / "a"), str(tmp_path / "b"), "--top", "2", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "4 volumes; mean Dice a 0.3875, b 0.4800"
+    assert lines[1] == "below 0.2 Dice: a 2, b 1"
+    assert lines[2] == "gained most: v1 0.050 -> 0.750, v4 0.100 -> 0.150"  # largest gain first
+    assert lines[3] == "lost most: v2 0.800 -> 0.400, v3 0.600 -> 0.620"
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cases_refuses_runs_scored_on_different_volumes(tmp_path):
+    write_case_dice(tmp_path / "a", {"v1": 0.5, "v2": 0.5})
+    write_case_dice(tmp_path / "b", {"v1": 0.5, "v3": 0.5})
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")), "v2 is in one only")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "nope")),
+                          "per_case.csv not found: evaluate the run first")
+    (tmp_path / "b" / "metrics" / "test" / "per_case.csv").write_text("case,class,dice\nv1,1,high\n")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")), "per_case.csv: could not convert")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "a"), "--label", "x"),
+                          "--label given 1 times")
 
 
 def test_table_draws_the_paper_comparison_on_request(tmp_path):

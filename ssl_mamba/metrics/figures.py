@@ -297,6 +297,30 @@ def compare_curves(runs: Dict[str, PathLike], path: PathLike, key: str = "val/ne
     return _save(fig, path)
 
 
+def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLike,
+                 names: Sequence[str] = ("A", "B"), annotate: int = 5) -> Path:
+    """Each volume's Dice in run A (x) against run B (y), the diagonal for "no change", and the
+    `annotate` volumes that moved most named: found volumes sit high on the left, lost ones low on
+    the right.  `before` / `after` as `report.read_case_dice` returns them, over the same volumes."""
+    cases = [c for c in before if c in after]
+    if not cases:
+        raise DataError("case_scatter: the two runs share no volume")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    xs, ys = [before[c] for c in cases], [after[c] for c in cases]
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
+    ax.scatter(xs, ys, s=14, color=CLASS_COLOURS[3])
+    for c in sorted(cases, key=lambda c: -abs(after[c] - before[c]))[:annotate]:
+        ax.annotate(c, (before[c], after[c]), fontsize=6, textcoords="offset points", xytext=(3, -8))
+    ax.set_xlim(-0.02, 1.0)
+    ax.set_ylim(-0.02, 1.0)
+    ax.set_xlabel(f"{names[0]}: volume Dice (mean {np.mean(xs):.3f})")
+    ax.set_ylabel(f"{names[1]}: volume Dice (mean {np.mean(ys):.3f})")
+    ax.set_title("Per-volume Dice (mean over classes)", fontsize=9)
+    ax.grid(linewidth=0.3, alpha=0.5)
+    return _save(fig, path)
+
+
 def paper_comparison(points: Sequence[Dict[str, Any]], path: PathLike, metric: str = "Dice") -> Path:
     """Ours against the published value, one line per reproduced row: the paper's `metric` (black tick)
     joined to ours (dot; hollow for a schedule shorter than the paper's), rows grouped (e.g. by labeled
