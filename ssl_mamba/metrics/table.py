@@ -8,7 +8,8 @@ For each run directory `build_table` reads exactly two files:
 Runs whose configs are equal once the keys in `IGNORED_KEYS` (the run's name, where it is
 written, its seed and the device/worker placement) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
-shows the plain value.  The row label is built from the config: method, networks, labeled data.
+shows the plain value.  The row label is built from the config: method, networks, labeled data (and
+`data.normalize` when it is not "none").
 With `compare="paper"` each of our rows is followed by every matching published row from
 `ssl_mamba.paper_tables` (matched on dataset, method, sorted networks and labeled cases).
 """
