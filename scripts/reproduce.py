@@ -51,6 +51,9 @@ METRICS_EVERY = 10
 # The code a run executes: what `source_sha256` in provenance.json fingerprints.
 SOURCE_GLOBS = ["ssl_mamba/**/*.py", "methods/**/*.py", "configs/**/*.yaml", "scripts/*.py", "setup.py"]
 BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:end -->"
+# A config kept in a folder of this name varies a paper row to find a cause (configs/diagnostics/): its
+# row publishes under <results>/diagnostics, whose own table keeps it out of the paper table.
+DIAGNOSTICS = "diagnostics"
 
 
 def cli(*args: str) -> List[str]:
@@ -261,8 +264,9 @@ def thinned_log(text: str, every: int) -> str:
 
 
 def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations: int,
-            source: Optional[str] = None, concurrent_rows: int = 1) -> Path:
-    """Copy a finished run's light files into results/<name>/ with a provenance record.
+            source: Optional[str] = None, concurrent_rows: int = 1, diagnostic: bool = False) -> Path:
+    """Copy a finished run's light files into results/<name>/ (results/diagnostics/<name>/ for a
+    `diagnostic` row) with a provenance record.
 
     concurrent_rows: how many rows trained at once on the card (`--jobs`); above 1 the wall time
     and img/s are those of a shared GPU, and the table says so."""
@@ -270,7 +274,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
     from ssl_mamba.utils.io import atomic_write_bytes, atomic_write_json
 
     cfg = load_config(run_dir / "config.yaml")
-    dest = results / run_dir.name
+    dest = (results / DIAGNOSTICS if diagnostic else results) / run_dir.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in LIGHT_FILES:
         if (run_dir / name).is_file():
@@ -310,6 +314,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
         "amp": cfg.train.amp,  # the training precision of the last segment: none (fp32 / TF32) | bf16
         "metrics_every": METRICS_EVERY,  # the published metrics.jsonl.gz's training-line stride
         "date": time.strftime("%Y-%m-%d"),
+        "diagnostic": diagnostic,  # not a paper row: `collect` files it under results/diagnostics
         **extra,
     })
     return dest
@@ -353,7 +358,8 @@ def command_run(args: argparse.Namespace) -> None:
                 print(f"{what} {config} (seed {seed}): {exc} (log: {runs / (run_name(config, seed) + '.out')})",
                       flush=True)
                 continue
-            dest = publish(run_dir, results, args.commit, full[config], source, shared)
+            dest = publish(run_dir, results, args.commit, full[config], source, shared,
+                           diagnostic=config.parent.name == DIAGNOSTICS)
             print(f"published {dest}", flush=True)
     if _STOP.is_set():
         raise SystemExit("stopped by a signal: the unfinished rows resume with the same command")
@@ -422,22 +428,40 @@ def check_published_row(row: Path) -> None:
             raise SystemExit(f"{row / 'provenance.json'}: no {key!r}; nothing was copied")
 
 
+def published_rows_in(paths: List[Path]) -> List[Path]:
+    """The row folders named on the command line, a published `diagnostics` folder standing for the
+    rows in it (so `collect fetched/runs/published/*` takes the diagnostics too)."""
+    rows = []
+    for path in paths:
+        if path.name == DIAGNOSTICS and not (path / "provenance.json").is_file():
+            rows += sorted(p for p in path.iterdir() if p.is_dir())
+        else:
+            rows.append(path)
+    return rows
+
+
 def command_collect(args: argparse.Namespace) -> None:
     """Copy rows published elsewhere (`run --results runs/published` on the GPU machine, fetched
-    back) over their folders in results/, each replaced whole, then regenerate the table."""
+    back) over their folders in results/ (diagnostic rows: results/diagnostics/), each replaced
+    whole, then regenerate the tables they belong to."""
     results = Path(args.results)
-    rows = [Path(r) for r in args.rows]
+    rows = published_rows_in([Path(r) for r in args.rows])
     for row in rows:  # every row is checked before any is copied
         check_published_row(row)
+    tables = set()
     for row in rows:
-        dest = results / row.name
-        staged = results / f".{row.name}.collecting"
+        diagnostic = json.loads((row / "provenance.json").read_text()).get("diagnostic", False)
+        folder = results / DIAGNOSTICS if diagnostic else results
+        folder.mkdir(parents=True, exist_ok=True)
+        dest, staged = folder / row.name, folder / f".{row.name}.collecting"
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(row, staged)
         shutil.rmtree(dest, ignore_errors=True)
         staged.rename(dest)  # the old folder is gone only once the new one is complete
         print(f"collected {row} -> {dest}")
-    command_table(args)
+        tables.add(folder)
+    for folder in sorted(tables):
+        command_table(argparse.Namespace(results=str(folder)))
 
 
 def command_table(args: argparse.Namespace) -> None:

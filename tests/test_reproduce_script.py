@@ -205,6 +205,33 @@ def test_collect_replaces_rows_whole_and_refuses_an_incomplete_one(reproduce, tm
     assert not list(results.glob(".*.collecting"))
 
 
+def test_diagnostic_rows_are_filed_apart_from_the_paper_rows(reproduce, tmp_path, capsys):
+    """A published diagnostics folder, as `collect fetched/runs/published/*` passes it, goes to
+    results/diagnostics with its own table; the paper table never lists its rows."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    shutil.rmtree(results / "diagnostics")
+    fetched = tmp_path / "fetched"
+    diag = fetched / "diagnostics" / "acdc_supervised_unet_3cases"
+    shutil.copytree(REPO / "results" / "diagnostics" / "acdc_supervised_unet_3cases", diag)
+    provenance = json.loads((diag / "provenance.json").read_text())
+    assert provenance["diagnostic"] is True  # as committed
+    plain = fetched / "acdc_mt_unet_3cases"
+    shutil.copytree(REPO / "results" / "acdc_mt_unet_3cases", plain)
+    reproduce.main(["collect", str(plain), str(fetched / "diagnostics"), "--results", str(results)])
+    capsys.readouterr()
+    assert (results / "diagnostics" / "acdc_supervised_unet_3cases" / "provenance.json").is_file()
+    assert not (results / "acdc_supervised_unet_3cases").exists()
+    assert "| acdc_supervised_unet_3cases |" in (results / "diagnostics" / "README.md").read_text()
+    assert "| acdc_supervised_unet_3cases |" not in (results / "README.md").read_text()
+    assert "| acdc_mt_unet_3cases |" in (results / "README.md").read_text()
+    provenance["diagnostic"] = False  # the flag, not the folder it came from, decides
+    (diag / "provenance.json").write_text(json.dumps(provenance))
+    reproduce.main(["collect", str(diag), "--results", str(results)])
+    capsys.readouterr()
+    assert "| acdc_supervised_unet_3cases |" in (results / "README.md").read_text()
+
+
 def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchrun(reproduce):
     slots = reproduce.GpuSlots(4, per_row=2)
     with slots.take() as a, slots.take() as b:
@@ -245,6 +272,28 @@ def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_pa
     prov = json.loads((results / "ddp_row" / "provenance.json").read_text())
     assert prov["processes"] == 2 and prov["concurrent_rows"] == 1
     assert (results / "ddp_row" / "metrics" / "test" / "summary.json").is_file()
+
+
+def test_a_row_of_a_diagnostics_config_publishes_under_results_diagnostics(reproduce, tmp_path, monkeypatch,
+                                                                            capsys):
+    from ssl_mamba.data.phantom import generate_phantom
+
+    data = tmp_path / "phantom"
+    generate_phantom(data, n_train_patients=3, n_val_patients=1, n_test_patients=1, slices=(2, 3), size=(40, 48))
+    config = tmp_path / "configs" / "diagnostics" / "row.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({
+        "name": "diag_row", "data": {"dataset": "phantom", "root": str(data), "num_classes": 4, "patch_size": [32, 32],
+                                     "labeled_cases": 2, "num_workers": 0},
+        "model": {"networks": ["test_unet"], "scan_backend": "torch"},
+        "method": {"name": "supervised", "batch_size": 2},
+        "train": {"max_iterations": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu", "log_images_every": 0}}))
+    monkeypatch.setattr(reproduce, "pack_dtype", lambda root: None)
+    results = tmp_path / "results"
+    reproduce.main(["run", str(config), "--runs", str(tmp_path / "runs"), "--results", str(results), "--commit", "abc"])
+    assert f"published {results / 'diagnostics' / 'diag_row'}" in capsys.readouterr().out
+    assert json.loads((results / "diagnostics" / "diag_row" / "provenance.json").read_text())["diagnostic"] is True
+    assert not (results / "diag_row").exists()
 
 
 def test_a_data_parallel_row_says_so_in_the_provenance_table(reproduce, tmp_path):
