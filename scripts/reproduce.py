@@ -7,6 +7,7 @@
     python scripts/reproduce.py run CONFIGS --cuda-graphs   # train graphs for each row whose method allows them
     python scripts/reproduce.py table            # rewrites the table in results/README.md
     python scripts/reproduce.py collect fetched/runs/published/*   # rows published on the GPU machine
+    python scripts/reproduce.py table --results results/diagnostics   # the diagnostics' own table
 
 `run` trains each row (`ssl-mamba train`, resuming a row whose run directory already has a
 checkpoint, so a run cut off by a time limit continues exactly), evaluates it on the test split
@@ -17,7 +18,9 @@ fingerprint of the code that ran: `python scripts/reproduce.py source-hash` prin
 checkout's; a run trained in several invocations, e.g. resumed in a later device session, also
 lists each segment's first iteration, commit and fingerprint, and says whether they differ).
 `table` regenerates the table in results/README.md from the committed `results/*/` folders
-alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).
+alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).  Rows of configs in a
+`diagnostics` folder (configs/diagnostics: runs that vary a paper row to find a cause) publish under
+results/diagnostics/, which has its own table, and `collect` files them there too.
 """
 import argparse
 import concurrent.futures
@@ -54,6 +57,14 @@ BEGIN, END = "<!-- table:begin (scripts/reproduce.py table) -->", "<!-- table:en
 # A config kept in a folder of this name varies a paper row to find a cause (configs/diagnostics/): its
 # row publishes under <results>/diagnostics, whose own table keeps it out of the paper table.
 DIAGNOSTICS = "diagnostics"
+
+
+def row_folder(results: Path, row: str, diagnostic: bool) -> Path:
+    """Where row `row` is filed: results/<row>, or results/diagnostics/<row> for a diagnostic.  A row
+    named like the diagnostics folder would replace it whole, so it is refused."""
+    if row == DIAGNOSTICS:
+        raise SystemExit(f"a row may not be named {DIAGNOSTICS!r} (the folder of the diagnostic rows): rename it")
+    return (results / DIAGNOSTICS if diagnostic else results) / row
 
 
 def cli(*args: str) -> List[str]:
@@ -274,7 +285,7 @@ def publish(run_dir: Path, results: Path, commit: Optional[str], full_iterations
     from ssl_mamba.utils.io import atomic_write_bytes, atomic_write_json
 
     cfg = load_config(run_dir / "config.yaml")
-    dest = (results / DIAGNOSTICS if diagnostic else results) / run_dir.name
+    dest = row_folder(results, run_dir.name, diagnostic)
     dest.mkdir(parents=True, exist_ok=True)
     for name in LIGHT_FILES:
         if (run_dir / name).is_file():
@@ -414,9 +425,9 @@ PUBLISHED_FILES = ["provenance.json", "summary.json", "config.yaml", "split.json
                    "metrics/test/summary.json", "metrics/test/per_case.csv"]
 
 
-def check_published_row(row: Path) -> None:
+def check_published_row(row: Path) -> dict:
     """A folder `run` published on another machine is complete before it replaces a committed row:
-    SystemExit naming the folder and what it lacks otherwise."""
+    SystemExit naming the folder and what it lacks otherwise.  Returns its provenance."""
     missing = [name for name in PUBLISHED_FILES if not (row / name).is_file()]
     if not (row / METRICS_GZ).is_file() and not (row / METRICS).is_file():
         missing.append(METRICS_GZ)
@@ -426,17 +437,22 @@ def check_published_row(row: Path) -> None:
     for key in ("commit", "source_sha256", "card", "iterations"):
         if not provenance.get(key):
             raise SystemExit(f"{row / 'provenance.json'}: no {key!r}; nothing was copied")
+    return provenance
 
 
 def published_rows_in(paths: List[Path]) -> List[Path]:
     """The row folders named on the command line, a published `diagnostics` folder standing for the
-    rows in it (so `collect fetched/runs/published/*` takes the diagnostics too)."""
+    row folders in it (those with a provenance.json), so `collect fetched/runs/published/*` takes the
+    diagnostics too."""
     rows = []
     for path in paths:
-        if path.name == DIAGNOSTICS and not (path / "provenance.json").is_file():
-            rows += sorted(p for p in path.iterdir() if p.is_dir())
-        else:
+        if path.name != DIAGNOSTICS or (path / "provenance.json").is_file():  # a row (one so named is refused)
             rows.append(path)
+            continue
+        inside = sorted(p.parent for p in path.glob("*/provenance.json")) if path.is_dir() else []
+        if not inside:
+            raise SystemExit(f"{path}: no published row folders in it; nothing was copied")
+        rows += inside
     return rows
 
 
@@ -446,22 +462,25 @@ def command_collect(args: argparse.Namespace) -> None:
     whole, then regenerate the tables they belong to."""
     results = Path(args.results)
     rows = published_rows_in([Path(r) for r in args.rows])
-    for row in rows:  # every row is checked before any is copied
-        check_published_row(row)
-    tables = set()
-    for row in rows:
-        diagnostic = json.loads((row / "provenance.json").read_text()).get("diagnostic", False)
-        folder = results / DIAGNOSTICS if diagnostic else results
-        folder.mkdir(parents=True, exist_ok=True)
-        dest, staged = folder / row.name, folder / f".{row.name}.collecting"
+    # every row is checked before any is copied; rows published before provenance recorded
+    # "diagnostic" are diagnostics when they came from a diagnostics folder
+    diagnostic = {row: check_published_row(row).get("diagnostic", row.parent.name == DIAGNOSTICS) for row in rows}
+    dests = {row: row_folder(results, row.name, diagnostic[row]) for row in rows}
+    for row, dest in dests.items():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged = dest.parent / f".{row.name}.collecting"
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(row, staged)
         shutil.rmtree(dest, ignore_errors=True)
         staged.rename(dest)  # the old folder is gone only once the new one is complete
+        other = row_folder(results, row.name, not diagnostic[row])
+        if other.is_dir():  # filed the other way before: one row, one table
+            shutil.rmtree(other)
+            print(f"removed {other} (the row is now filed as {dest})")
         print(f"collected {row} -> {dest}")
-        tables.add(folder)
-    for folder in sorted(tables):
-        command_table(argparse.Namespace(results=str(folder)))
+    for folder in sorted({dest.parent for dest in dests.values()} | {results}):
+        if any((p / "metrics" / "test" / "summary.json").is_file() for p in folder.iterdir()):
+            command_table(argparse.Namespace(results=str(folder)))
 
 
 def command_table(args: argparse.Namespace) -> None:
@@ -476,7 +495,8 @@ def command_table(args: argparse.Namespace) -> None:
         raise SystemExit(f"no evaluated runs under {results}")
     table = build_table(rows, fmt="markdown", compare="paper", split="test") + "\n\n" + provenance_table(rows)
     readme = results / "README.md"
-    text = readme.read_text() if readme.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
+    title = "Diagnostics" if results.name == DIAGNOSTICS else "Results"
+    text = readme.read_text() if readme.is_file() else f"# {title}\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme} lacks the table markers {BEGIN} ... {END}")
     head, rest = text.split(BEGIN, 1)
@@ -512,8 +532,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--results", default=str(REPO / "results"))
     run.add_argument("--commit", help="commit to record (the GPU machine's copy has no git history)")
     collect = sub.add_parser("collect", help="copy published rows (fetched from the GPU machine) into results/ "
-                                             "and regenerate the table")
-    collect.add_argument("rows", nargs="+", help="published row folders, e.g. fetched/runs/published/*")
+                                             "(diagnostics: results/diagnostics/) and regenerate their tables")
+    collect.add_argument("rows", nargs="+", help="published row folders, e.g. fetched/runs/published/* (a "
+                                                 "'diagnostics' folder stands for the rows in it)")
     collect.add_argument("--results", default=str(REPO / "results"))
     table = sub.add_parser("table", help="regenerate results/README.md's table from results/*/")
     table.add_argument("--results", default=str(REPO / "results"))

@@ -193,6 +193,12 @@ def curves(run_dirs, key, labels, start, out) -> None:
     """Draw one logged scalar of several runs on one axis (compare methods, seeds or settings)."""
     from .metrics.figures import compare_curves
 
+    names = _run_names(run_dirs, labels)
+    click.echo(compare_curves(dict(zip(names, run_dirs)), Path(out), key=key, start=start))
+
+
+def _run_names(run_dirs, labels) -> List[str]:
+    """One distinct name per run directory (its --label, else its folder name); every directory exists."""
     missing = [d for d in run_dirs if not Path(d).is_dir()]
     if missing:
         raise UserError(f"run directory not found: {missing[0]}")
@@ -200,8 +206,8 @@ def curves(run_dirs, key, labels, start, out) -> None:
         raise UserError(f"--label given {len(labels)} times for {len(run_dirs)} runs; give one per run or none")
     names = list(labels) or [Path(d).name for d in run_dirs]
     if len(set(names)) != len(names):
-        raise UserError(f"two runs share the legend label {names}; name them with --label")
-    click.echo(compare_curves(dict(zip(names, run_dirs)), Path(out), key=key, start=start))
+        raise UserError(f"two runs share the label {names}; name them with --label")
+    return names
 
 
 @main.command(context_settings=CONTEXT)
@@ -209,16 +215,16 @@ def curves(run_dirs, key, labels, start, out) -> None:
 @click.argument("run_b")
 @click.option("--split", default="test", show_default=True, help="The evaluated split to compare.")
 @click.option("--label", "labels", multiple=True, help="Names of the two runs, in order (default: folder names).")
-@click.option("--missed", default=0.2, show_default=True, help="Dice below which a volume counts as missed.")
-@click.option("--top", default=5, show_default=True, help="How many gained and lost volumes to list.")
+@click.option("--missed", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Dice below which a volume counts as missed.")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1),
+              help="How many gained and lost volumes to list.")
 @click.option("-o", "--out", help="Also draw the per-volume scatter into this PNG.")
 def cases(run_a, run_b, split, labels, missed, top, out) -> None:
     """Compare two evaluated runs volume by volume: which volumes a change found, lost or left alone."""
-    from .metrics.report import case_changes, read_case_dice
+    from .metrics.compare import case_changes, read_case_dice
 
-    if labels and len(labels) != 2:
-        raise UserError(f"--label given {len(labels)} times; give it twice (one per run) or not at all")
-    names = list(labels) or [Path(run_a).name, Path(run_b).name]
+    names = _run_names((run_a, run_b), labels)
     before, after = read_case_dice(run_a, split), read_case_dice(run_b, split)
     for line in case_changes(before, after, missed=missed, top=top, names=names):
         click.echo(line)

@@ -124,7 +124,7 @@ def write_case_dice(run_dir, dice_by_case):
     """A run's metrics/test/per_case.csv with two classes per case, whose mean is the given Dice."""
     out = run_dir / "metrics" / "test"
     out.mkdir(parents=True)
-    rows = ["case,class,dice"] + [f"{c},{k},{d + (0.05 if k == 1 else -0.05):.6f}"
+    rows = ["case,class,dice"] + [f"{c},{k},{d + (0.05 if k == 1 else -0.05):.6f}" if d == d else f"{c},{k},nan"
                                   for c, d in dice_by_case.items() for k in (1, 2)]
     (out / "per_case.csv").write_text("\n".join(rows) + "\n")
 
@@ -138,21 +138,49 @@ def test_cases_lists_found_and_lost_volumes_and_draws_them(tmp_path):
     lines = result.output.splitlines()
     assert lines[0] == "4 volumes; mean Dice a 0.3875, b 0.4800"
     assert lines[1] == "below 0.2 Dice: a 2, b 1"
-    assert lines[2] == "gained most: v1 0.050 -> 0.750, v4 0.100 -> 0.150"  # largest gain first
-    assert lines[3] == "lost most: v2 0.800 -> 0.400, v3 0.600 -> 0.620"
+    assert lines[2] == "gained most: v1 0.050 -> 0.750, v4 0.100 -> 0.150"  # largest gain first, --top 2
+    assert lines[3] == "lost most: v2 0.800 -> 0.400"  # v3 gained: never listed as lost
     assert out.read_bytes()[:4] == b"\x89PNG"
+    lines = invoke("cases", str(tmp_path / "a"), str(tmp_path / "b"), "--missed", "0.1", "--split", "test",
+                   "--label", "first", "--label", "second").output.splitlines()
+    assert lines[1] == "below 0.1 Dice: first 1, second 0"  # v4 at 0.10 is not below 0.1
+    assert lines[2].startswith("gained most: v1 0.050 -> 0.750, v4 0.100 -> 0.150, v3 0.600 -> 0.620")
+
+
+def test_cases_leaves_out_volumes_without_a_defined_dice(tmp_path):
+    write_case_dice(tmp_path / "a", {"v1": 0.5, "v2": float("nan"), "v3": 0.7})
+    write_case_dice(tmp_path / "b", {"v1": 0.4, "v2": 0.9, "v3": 0.7})
+    lines = invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")).output.splitlines()
+    assert lines[0] == "2 volumes; mean Dice a 0.6000, b 0.5500"
+    assert lines[2] == "left out (no defined Dice in one run): 1 volumes"
+    assert lines[3] == "gained most: none" and lines[4] == "lost most: v1 0.500 -> 0.400"
 
 
 def test_cases_refuses_runs_scored_on_different_volumes(tmp_path):
     write_case_dice(tmp_path / "a", {"v1": 0.5, "v2": 0.5})
     write_case_dice(tmp_path / "b", {"v1": 0.5, "v3": 0.5})
     assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")), "v2 is in one only")
-    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "nope")),
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "nope")), "run directory not found")
+    (tmp_path / "c").mkdir()
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "c")),
                           "per_case.csv not found: evaluate the run first")
-    (tmp_path / "b" / "metrics" / "test" / "per_case.csv").write_text("case,class,dice\nv1,1,high\n")
-    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")), "per_case.csv: could not convert")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "val"),
+                          "val/per_case.csv not found")
+    csv_b = tmp_path / "b" / "metrics" / "test" / "per_case.csv"
+    csv_b.write_text("case,class,dice\nv1,1,high\n")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")),
+                          "per_case.csv: case 'v1': dice 'high' is not a number")
+    csv_b.write_text("case,class,dice\nv1,1\n")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")), "dice None is not a number")
+    csv_b.write_text("case,class,dice\n")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "b")), "per_case.csv: no volumes in it")
+    write_case_dice(tmp_path / "d", {"v1": float("nan"), "v2": float("nan")})
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "d")),
+                          "no volume has a defined Dice in both runs")
     assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "a"), "--label", "x"),
                           "--label given 1 times")
+    assert_one_line_error(invoke("cases", str(tmp_path / "a"), str(tmp_path / "d"), "--label", "x", "--label", "x"),
+                          "two runs share the label")
 
 
 def test_table_draws_the_paper_comparison_on_request(tmp_path):

@@ -211,9 +211,12 @@ def test_diagnostic_rows_are_filed_apart_from_the_paper_rows(reproduce, tmp_path
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
     shutil.rmtree(results / "diagnostics")
+    shutil.rmtree(results / "acdc_mt_unet_3cases")
+    (results / "README.md").write_text(f"# Results\n\n{reproduce.BEGIN}\n{reproduce.END}\n")  # both tables redrawn
     fetched = tmp_path / "fetched"
     diag = fetched / "diagnostics" / "acdc_supervised_unet_3cases"
     shutil.copytree(REPO / "results" / "diagnostics" / "acdc_supervised_unet_3cases", diag)
+    (fetched / "diagnostics" / "figures").mkdir()  # not a row: passed over
     provenance = json.loads((diag / "provenance.json").read_text())
     assert provenance["diagnostic"] is True  # as committed
     plain = fetched / "acdc_mt_unet_3cases"
@@ -222,6 +225,7 @@ def test_diagnostic_rows_are_filed_apart_from_the_paper_rows(reproduce, tmp_path
     capsys.readouterr()
     assert (results / "diagnostics" / "acdc_supervised_unet_3cases" / "provenance.json").is_file()
     assert not (results / "acdc_supervised_unet_3cases").exists()
+    assert (results / "diagnostics" / "README.md").read_text().startswith("# Diagnostics")
     assert "| acdc_supervised_unet_3cases |" in (results / "diagnostics" / "README.md").read_text()
     assert "| acdc_supervised_unet_3cases |" not in (results / "README.md").read_text()
     assert "| acdc_mt_unet_3cases |" in (results / "README.md").read_text()
@@ -230,6 +234,28 @@ def test_diagnostic_rows_are_filed_apart_from_the_paper_rows(reproduce, tmp_path
     reproduce.main(["collect", str(diag), "--results", str(results)])
     capsys.readouterr()
     assert "| acdc_supervised_unet_3cases |" in (results / "README.md").read_text()
+    assert not (results / "diagnostics" / "acdc_supervised_unet_3cases").exists(), "one row, filed once"
+    del provenance["diagnostic"]  # published before the flag: its folder decides
+    (diag / "provenance.json").write_text(json.dumps(provenance))
+    reproduce.main(["collect", str(fetched / "diagnostics"), "--results", str(results)])
+    capsys.readouterr()
+    assert (results / "diagnostics" / "acdc_supervised_unet_3cases").is_dir()
+    assert not (results / "acdc_supervised_unet_3cases").exists()
+
+
+def test_collect_refuses_a_row_named_like_the_diagnostics_folder(reproduce, tmp_path):
+    results = tmp_path / "results"
+    (results / "diagnostics").mkdir(parents=True)
+    (results / "diagnostics" / "kept.txt").write_text("a diagnostic row's file\n")
+    impostor = tmp_path / "fetched" / "diagnostics"
+    shutil.copytree(REPO / "results" / "acdc_mt_unet_3cases", impostor)
+    with pytest.raises(SystemExit, match="may not be named 'diagnostics'"):
+        reproduce.main(["collect", str(impostor), "--results", str(results)])
+    assert (results / "diagnostics" / "kept.txt").is_file()
+    empty = tmp_path / "empty" / "diagnostics"
+    empty.mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no published row folders in it"):
+        reproduce.main(["collect", str(empty), "--results", str(results)])
 
 
 def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchrun(reproduce):

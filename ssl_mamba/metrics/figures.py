@@ -301,8 +301,9 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
                  names: Sequence[str] = ("A", "B"), annotate: int = 5) -> Path:
     """Each volume's Dice in run A (x) against run B (y), the diagonal for "no change", and the
     `annotate` volumes that moved most named: found volumes sit high on the left, lost ones low on
-    the right.  `before` / `after` as `report.read_case_dice` returns them, over the same volumes."""
-    cases = [c for c in before if c in after]
+    the right.  `before` / `after` as `compare.read_case_dice` returns them; volumes without a defined
+    Dice in both are left out."""
+    cases = [c for c in before if c in after and not (math.isnan(before[c]) or math.isnan(after[c]))]
     if not cases:
         raise DataError("case_scatter: the two runs share no volume")
     plt = _pyplot()
@@ -312,8 +313,8 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
     ax.scatter(xs, ys, s=14, color=CLASS_COLOURS[3])
     for c in sorted(cases, key=lambda c: -abs(after[c] - before[c]))[:annotate]:
         ax.annotate(c, (before[c], after[c]), fontsize=6, textcoords="offset points", xytext=(3, -8))
-    ax.set_xlim(-0.02, 1.0)
-    ax.set_ylim(-0.02, 1.0)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"{names[0]}: volume Dice (mean {np.mean(xs):.3f})")
     ax.set_ylabel(f"{names[1]}: volume Dice (mean {np.mean(ys):.3f})")
     ax.set_title("Per-volume Dice (mean over classes)", fontsize=9)

@@ -1,4 +1,4 @@
-"""Evaluation reports on disk, written atomically.
+"""Evaluation reports on disk, written atomically, and found again (`report_path`).
 
 `write_reports(result, out_dir)` writes three files:
 
@@ -48,6 +48,14 @@ def write_reports(result: EvalResult, out_dir: Union[str, Path], extra: Optional
     return out_dir
 
 
+def report_path(run_dir: Union[str, Path], split: str, name: str) -> Path:
+    """`<run_dir>/metrics/<split>/<name>`, a DataError saying how to make it if it is missing."""
+    path = Path(run_dir) / "metrics" / split / name
+    if not path.is_file():
+        raise DataError(f"{path} not found: evaluate the run first (ssl-mamba evaluate --run {run_dir})")
+    return path
+
+
 def _json_safe(obj: Any) -> Any:
     """NaN is not JSON: write it as null."""
     if isinstance(obj, float) and math.isnan(obj):
@@ -70,58 +78,20 @@ def paper_row(summary: Mapping[str, Any]) -> str:
 
 
 def case_dice(per_case: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
-    """{case: Dice averaged over its classes} (NaN / missing values left out), in first-seen order."""
+    """{case: Dice averaged over its classes}, NaN / missing values left out (NaN for a case with
+    none defined), in first-seen order."""
     by_case: Dict[str, List[float]] = {}
     for row in per_case:
         dice = row["dice"]
+        defined = by_case.setdefault(row["case"], [])
         if dice is not None and not math.isnan(dice):
-            by_case.setdefault(row["case"], []).append(float(dice))
-    return {case: sum(v) / len(v) for case, v in by_case.items()}
+            defined.append(float(dice))
+    return {case: sum(v) / len(v) if v else math.nan for case, v in by_case.items()}
 
 
 def lowest_cases(per_case: Sequence[Mapping[str, Any]], count: int = 3) -> str:
     """'lowest mean Dice: <case> <dice>, ...': the `count` volumes with the lowest Dice averaged over
     their classes, the first place to look when a mean is low (a whole missed volume and thin errors
     everywhere give the same mean)."""
-    means = sorted((mean, case) for case, mean in case_dice(per_case).items())
+    means = sorted((mean, case) for case, mean in case_dice(per_case).items() if not math.isnan(mean))
     return "lowest mean Dice: " + ", ".join(f"{case} {mean:.4f}" for mean, case in means[:count])
-
-
-def read_case_dice(run_dir: Union[str, Path], split: str = "test") -> Dict[str, float]:
-    """`case_dice` of an evaluated run's `metrics/<split>/per_case.csv` (for two-network runs, the
-    reported network's, as in the table)."""
-    path = Path(run_dir) / "metrics" / split / "per_case.csv"
-    if not path.is_file():
-        raise DataError(f"{path} not found: evaluate the run first (ssl-mamba evaluate --run {run_dir})")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"case", "dice"} <= set(rows[0]):
-        raise DataError(f"{path}: not a per_case.csv written by ssl-mamba (needs 'case' and 'dice' columns)")
-    try:
-        return case_dice([{"case": r["case"], "dice": float(r["dice"])} for r in rows])
-    except ValueError as err:
-        raise DataError(f"{path}: {err}") from None
-
-
-def case_changes(before: Mapping[str, float], after: Mapping[str, float], missed: float = 0.2,
-                 top: int = 5, names: Sequence[str] = ("A", "B")) -> List[str]:
-    """Lines comparing two runs volume by volume: both means, how many volumes each all but missed
-    (Dice below `missed`), then the `top` volumes that gained and lost most.  A mean hides whether a
-    change found missed volumes or moved every volume a little; this says which."""
-    only = sorted(set(before) ^ set(after))
-    if only:
-        raise DataError(f"the runs were scored on different volumes: {only[0]} is in one only "
-                        f"({len(only)} differ); compare runs evaluated on the same split")
-    cases = list(before)
-    delta = {c: after[c] - before[c] for c in cases}
-    lines = [f"{len(cases)} volumes; mean Dice {names[0]} {_mean(before):.4f}, {names[1]} {_mean(after):.4f}",
-             f"below {missed:g} Dice: {names[0]} {sum(before[c] < missed for c in cases)}, "
-             f"{names[1]} {sum(after[c] < missed for c in cases)}"]
-    ranked = sorted(cases, key=lambda c: delta[c])
-    for title, chosen in (("gained most", ranked[::-1][:top]), ("lost most", ranked[:top])):
-        lines.append(f"{title}: " + ", ".join(f"{c} {before[c]:.3f} -> {after[c]:.3f}" for c in chosen))
-    return lines
-
-
-def _mean(values: Mapping[str, float]) -> float:
-    return sum(values.values()) / len(values)

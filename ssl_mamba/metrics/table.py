@@ -24,6 +24,7 @@ from ..config import ExperimentConfig, load_config, to_dict
 from ..errors import DataError, UserError
 from ..paper_tables import find_paper_rows
 from .case import METRIC_NAMES
+from .report import report_path
 
 IGNORED_KEYS = ("name", "output_dir", "train.seed", "train.device", "data.num_workers")
 HEADER = ("Method", "Source", "n", "Dice", "IoU", "Acc", "Pre", "Sen", "Spe", "HD95", "ASD")
@@ -42,11 +43,9 @@ def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def _read_run(run_dir: Path, split: str) -> Tuple[ExperimentConfig, Dict[str, Optional[float]]]:
     config_path = run_dir / "config.yaml"
-    summary_path = run_dir / "metrics" / split / "summary.json"
     if not config_path.is_file():
         raise DataError(f"{run_dir} is not a run directory: {config_path.name} is missing")
-    if not summary_path.is_file():
-        raise DataError(f"{summary_path} not found: evaluate the run first (ssl-mamba evaluate --run {run_dir})")
+    summary_path = report_path(run_dir, split, "summary.json")
     try:
         mean = json.loads(summary_path.read_text())["mean"]
     except (json.JSONDecodeError, KeyError, TypeError):
