@@ -275,20 +275,26 @@ def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchru
         reproduce.main(["run", "configs/acdc/fully_unet.yaml", "--gpus-per-row", "2"])
 
 
-def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_path, monkeypatch, capsys):
-    """The whole `run --gpus 2 --gpus-per-row 2` path on the CPU (torchrun, gloo): train on two
-    processes, evaluate, publish with processes = 2."""
+def phantom_row(tmp_path, config, name: str, batch_size: int):
+    """A two-iteration supervised row on a small generated phantom, its config written to `config`."""
     from ssl_mamba.data.phantom import generate_phantom
 
     data = tmp_path / "phantom"
     generate_phantom(data, n_train_patients=3, n_val_patients=1, n_test_patients=1, slices=(2, 3), size=(40, 48))
-    config = tmp_path / "row.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({
-        "name": "ddp_row", "data": {"dataset": "phantom", "root": str(data), "num_classes": 4, "patch_size": [32, 32],
-                                    "labeled_cases": 2, "num_workers": 0},
+        "name": name, "data": {"dataset": "phantom", "root": str(data), "num_classes": 4, "patch_size": [32, 32],
+                               "labeled_cases": 2, "num_workers": 0},
         "model": {"networks": ["test_unet"], "scan_backend": "torch"},
-        "method": {"name": "supervised", "batch_size": 4},
+        "method": {"name": "supervised", "batch_size": batch_size},
         "train": {"max_iterations": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu", "log_images_every": 0}}))
+    return config
+
+
+def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_path, monkeypatch, capsys):
+    """The whole `run --gpus 2 --gpus-per-row 2` path on the CPU (torchrun, gloo): train on two
+    processes, evaluate, publish with processes = 2."""
+    config = phantom_row(tmp_path, tmp_path / "row.yaml", "ddp_row", batch_size=4)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(reproduce, "pack_dtype", lambda root: None)
     results = tmp_path / "results"
@@ -302,18 +308,7 @@ def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_pa
 
 def test_a_row_of_a_diagnostics_config_publishes_under_results_diagnostics(reproduce, tmp_path, monkeypatch,
                                                                             capsys):
-    from ssl_mamba.data.phantom import generate_phantom
-
-    data = tmp_path / "phantom"
-    generate_phantom(data, n_train_patients=3, n_val_patients=1, n_test_patients=1, slices=(2, 3), size=(40, 48))
-    config = tmp_path / "configs" / "diagnostics" / "row.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text(json.dumps({
-        "name": "diag_row", "data": {"dataset": "phantom", "root": str(data), "num_classes": 4, "patch_size": [32, 32],
-                                     "labeled_cases": 2, "num_workers": 0},
-        "model": {"networks": ["test_unet"], "scan_backend": "torch"},
-        "method": {"name": "supervised", "batch_size": 2},
-        "train": {"max_iterations": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu", "log_images_every": 0}}))
+    config = phantom_row(tmp_path, tmp_path / "configs" / "diagnostics" / "row.yaml", "diag_row", batch_size=2)
     monkeypatch.setattr(reproduce, "pack_dtype", lambda root: None)
     results = tmp_path / "results"
     reproduce.main(["run", str(config), "--runs", str(tmp_path / "runs"), "--results", str(results), "--commit", "abc"])
