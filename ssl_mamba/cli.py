@@ -262,22 +262,45 @@ def data() -> None:
 @click.option("--labeled-cases", type=int, default=None, help="Also report the split for N labeled cases.")
 @click.option("--num-classes", type=int, default=None, help="Expected number of classes (for --check).")
 @click.option("--check", is_flag=True, help="Open and validate every file; exit 2 on any problem.")
+@click.option("--intensity", is_flag=True,
+              help="With --labeled-cases: list the val/test volumes clearly darker than every labeled case.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def data_info(root, labeled_cases, num_classes, check, as_json) -> None:
+def data_info(root, labeled_cases, num_classes, check, intensity, as_json) -> None:
     """Counts of slices, cases and volumes per split, labeled/unlabeled slices, label values, image sizes."""
-    from .data import check_dataset, dataset_info
+    from .data import check_dataset, dataset_info, intensity_coverage
 
+    if intensity and labeled_cases is None:
+        raise UserError("--intensity compares with the labeled cases: give --labeled-cases N")
     report = dataset_info(root, labeled_cases=labeled_cases)
     problems = check_dataset(root, num_classes or report.get("num_classes") or 4) if check else []
     if check:
         report["problems"] = problems
+    if intensity:
+        report["intensity"] = intensity_coverage(root, labeled_cases)
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:
         for key, value in report.items():
-            click.echo(f"{key:22s} {value}")
+            if key != "intensity":
+                click.echo(f"{key:22s} {value}")
+        if intensity:
+            for line in _coverage_lines(report["intensity"]):
+                click.echo(line)
     if problems:
         raise UserError(f"{len(problems)} problem(s) in {root}; first: {problems[0]}")
+
+
+def _coverage_lines(coverage: dict) -> List[str]:
+    lines = [f"labeled cases' 99.5th intensity percentile: "
+             + ", ".join(f"{case} {value:.2f}" for case, value in coverage["labeled"].items())]
+    for split, darker in coverage["darker"].items():
+        listed = ", ".join(f"{name} {value:.2f}" for name, value in darker)
+        lines.append(f"{split}: {len(darker)} volumes clearly darker than every labeled case "
+                     f"(< {coverage['threshold']:.2f})" + (f": {listed}" if darker else ""))
+    if any(coverage["darker"].values()):
+        lines.append("a network trained on these labeled cases may miss such volumes; "
+                     "data.normalize: percentile rescales every slice to its own range")
+    return lines
 
 
 @data.command("pack", context_settings=CONTEXT)

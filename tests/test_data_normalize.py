@@ -130,3 +130,44 @@ def test_real_acdc_dark_test_volume_lands_among_the_labeled_patients():
 def test_default_config_leaves_images_as_stored():
     cfg = from_dict(ExperimentConfig, {}, "defaults")
     assert cfg.data.normalize == "none"
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="needs ../shared/datasets/ACDC")
+def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_seven_do_not():
+    """The 3 labeled patients are all bright (99.5th percentile 0.60-1.00), so patient007 (0.31), which
+    MT + UNet missed, is flagged (below 0.8 x 0.60); the 7 include two dark patients and flag nothing."""
+    from ssl_mamba.data import intensity_coverage
+
+    three = intensity_coverage(ACDC, 3, splits=("test",))
+    assert sorted(three["labeled"]) == ["patient038", "patient050", "patient099"]
+    darker = dict(three["darker"]["test"])
+    assert darker["patient007_frame01"] == pytest.approx(0.31, abs=0.01)
+    assert "patient075_frame01" not in darker  # a bright volume MT segmented well (0.92)
+    assert "patient093_frame01" not in darker  # 0.60: below the darkest labeled case, not clearly
+    assert [v for _, v in three["darker"]["test"]] == sorted(darker.values())  # darkest first
+    seven = intensity_coverage(ACDC, 7, splits=("test",))
+    assert min(seven["labeled"].values()) < 0.2 and seven["darker"]["test"] == []
+
+
+def test_data_info_names_volumes_darker_than_every_labeled_case(tmp_path):
+    """On a phantom with one test volume stored darker (a few hot voxels compress its tissue)."""
+    import h5py
+    from click.testing import CliRunner
+
+    from ssl_mamba.cli import main
+    from ssl_mamba.data import generate_phantom
+
+    root = tmp_path / "phantom"
+    generate_phantom(root, n_train_patients=3, n_val_patients=1, n_test_patients=2, slices=(2, 3), size=(40, 48))
+    test_volumes = open_dataset(root).volume_names("test")
+    path = next(root.rglob(f"{test_volumes[0]}.h5"))
+    with h5py.File(path, "r+") as f:
+        image = f["image"][()]
+        f["image"][...] = image * 0.2  # its tissue now far below every labeled case's
+    result = CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity"])
+    assert result.exit_code == 0, result.output
+    line = [row for row in result.output.splitlines() if row.startswith("test:")][0]
+    assert line.startswith("test: 1 volumes clearly darker than every labeled case") and test_volumes[0] in line
+    assert test_volumes[1] not in line and "data.normalize: percentile" in result.output
+    refused = CliRunner().invoke(main, ["data", "info", str(root), "--intensity"])
+    assert refused.exit_code == 2 and "give --labeled-cases N" in refused.output

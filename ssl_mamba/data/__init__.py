@@ -2,7 +2,7 @@
 from .augment import (batched_affine, cutout, gaussian_noise, intensity_jitter, random_generator, strong_view,
                       weak_view)
 from .batch import Batch
-from .inspect import check_dataset, dataset_info
+from .inspect import check_dataset, dataset_info, intensity_coverage
 from .normalize import NormalizedSource, normalized_source, percentile_rescale
 from .pack import PackSource, pack_dataset
 from .phantom import generate_phantom
@@ -15,6 +15,7 @@ __all__ = [
     "Batch", "SegmentationSource", "SSL4MISSource", "SynapseSource", "PackSource", "open_dataset", "case_of",
     "LabeledSplit", "make_split", "TwoStreamSampler", "ShuffleSampler", "SliceDataset", "TrainStream",
     "build_train_stream", "random_generator", "batched_affine", "intensity_jitter", "gaussian_noise", "cutout",
-    "weak_view", "strong_view", "pack_dataset", "dataset_info", "check_dataset", "generate_phantom",
+    "weak_view", "strong_view", "pack_dataset", "dataset_info", "check_dataset", "intensity_coverage",
+    "generate_phantom",
     "NormalizedSource", "normalized_source", "percentile_rescale",
 ]

@@ -100,3 +100,37 @@ def _check_item(where: str, read, name: str, num_classes: int) -> List[str]:
     except DataError as exc:
         return [str(exc)]
     return _check_arrays(where, image, label, num_classes)
+
+
+BRIGHT_PERCENTILE = 99.5  # a volume's "brightness": robust to a few hot voxels, unlike its maximum
+DARKER = 0.8  # flagged below this fraction of the darkest labeled case: clear of the cases' own spread
+
+
+def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ...] = ("val", "test")) -> dict:
+    """Which evaluation volumes are clearly darker than every labeled case: their 99.5th intensity
+    percentile below `DARKER` times the darkest labeled case's.
+
+    Why: each stored volume is rescaled by its own minimum and maximum, so a volume with a few very
+    bright voxels stores its tissue dark.  A network trained on a handful of bright labeled cases can
+    then miss such a volume entirely (ACDC at 3 labeled cases: 11 test volumes flagged, among them 5 of
+    the 8 MT + UNet missed; its flagged volumes average 0.35 Dice against 0.57 for the rest, 0.64 and 0.64
+    with percentile-normalised slices; the 7 labeled patients include two dark ones: nothing flagged).
+    A coverage check, not a predictor: `data.normalize: percentile` is the remedy to try.
+
+    Returns {"labeled": {case: percentile}, "threshold": t, "darker": {split: [[volume, percentile],
+    ...] darkest first}}."""
+    source = open_dataset(root)
+    split = make_split(source, labeled_cases=labeled_cases)
+    labeled = {case: [] for case in split.labeled_cases}
+    for name in source.train_slice_names:
+        if source.case_of(name) in labeled:
+            labeled[source.case_of(name)].append(source.read_slice(name)[0].ravel())
+    brightness = {case: float(np.percentile(np.concatenate(parts), BRIGHT_PERCENTILE))
+                  for case, parts in labeled.items()}
+    threshold = DARKER * min(brightness.values())
+    darker = {}
+    for name_split in splits:
+        found = [[name, float(np.percentile(source.read_volume(name)[0], BRIGHT_PERCENTILE))]
+                 for name in source.volume_names(name_split) if source.has_volume(name)]
+        darker[name_split] = sorted((item for item in found if item[1] < threshold), key=lambda item: item[1])
+    return {"labeled": brightness, "threshold": threshold, "darker": darker}
