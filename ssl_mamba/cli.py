@@ -294,9 +294,11 @@ def _coverage_lines(coverage: dict) -> List[str]:
     lines = [f"labeled cases' 99.5th intensity percentile: "
              + ", ".join(f"{case} {value:.2f}" for case, value in coverage["labeled"].items())]
     for split, darker in coverage["darker"].items():
-        listed = ", ".join(f"{name} {value:.2f}" for name, value in darker)
-        lines.append(f"{split}: {len(darker)} volumes clearly darker than every labeled case "
-                     f"(< {coverage['threshold']:.2f})" + (f": {listed}" if darker else ""))
+        listed = ", ".join(f"{name} {value:.3f}" for name, value in darker)
+        missing = coverage["not_stored"][split]
+        lines.append(f"{split}: {len(darker)} of {coverage['checked'][split]} volumes clearly darker than every "
+                     f"labeled case (< {coverage['threshold']:.3f})" + (f": {listed}" if darker else "")
+                     + (f" ({missing} listed but not stored, not checked)" if missing else ""))
     if any(coverage["darker"].values()):
         lines.append("a network trained on these labeled cases may miss such volumes; "
                      "data.normalize: percentile rescales every slice to its own range")

@@ -149,25 +149,66 @@ def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_sev
     assert min(seven["labeled"].values()) < 0.2 and seven["darker"]["test"] == []
 
 
-def test_data_info_names_volumes_darker_than_every_labeled_case(tmp_path):
-    """On a phantom with one test volume stored darker (a few hot voxels compress its tissue)."""
+def _scale_images(root, names, factor):
+    """Multiply the stored image of each named slice or volume file by `factor` (darker tissue)."""
     import h5py
+
+    for name in names:
+        with h5py.File(next(root.rglob(f"{name}.h5")), "r+") as f:
+            f["image"][...] = f["image"][()] * factor
+
+
+def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tmp_path):
+    """A phantom with one labeled case darkened to 0.5x: the threshold follows the darkest labeled case
+    (0.8 x its 99.5th percentile), so a volume at 0.6x is covered and volumes at 0.2x / 0.3x are not."""
+    import json
+
     from click.testing import CliRunner
 
     from ssl_mamba.cli import main
-    from ssl_mamba.data import generate_phantom
+    from ssl_mamba.data import generate_phantom, intensity_coverage, make_split
 
     root = tmp_path / "phantom"
     generate_phantom(root, n_train_patients=3, n_val_patients=1, n_test_patients=2, slices=(2, 3), size=(40, 48))
-    test_volumes = open_dataset(root).volume_names("test")
-    path = next(root.rglob(f"{test_volumes[0]}.h5"))
-    with h5py.File(path, "r+") as f:
-        image = f["image"][()]
-        f["image"][...] = image * 0.2  # its tissue now far below every labeled case's
+    source = open_dataset(root)
+    split = make_split(source, labeled_cases=2)
+    dark_case = split.labeled_cases[1]
+    _scale_images(root, [n for n in source.train_slice_names if source.case_of(n) == dark_case], 0.5)
+    test, val = source.volume_names("test"), source.volume_names("val")
+    _scale_images(root, [test[0]], 0.3)
+    _scale_images(root, [test[1]], 0.6)
+    _scale_images(root, [test[2], val[0]], 0.2)
+    coverage = intensity_coverage(root, 2)
+    assert coverage["threshold"] == pytest.approx(0.8 * coverage["labeled"][dark_case])
+    assert coverage["labeled"][dark_case] < min(v for c, v in coverage["labeled"].items() if c != dark_case)
+    assert [name for name, _ in coverage["darker"]["test"]] == [test[2], test[0]]  # darkest first; 0.6x covered
+    assert [name for name, _ in coverage["darker"]["val"]] == [val[0]] and coverage["checked"]["test"] == len(test)
     result = CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity"])
     assert result.exit_code == 0, result.output
     line = [row for row in result.output.splitlines() if row.startswith("test:")][0]
-    assert line.startswith("test: 1 volumes clearly darker than every labeled case") and test_volumes[0] in line
-    assert test_volumes[1] not in line and "data.normalize: percentile" in result.output
+    assert line.startswith(f"test: 2 of {len(test)} volumes clearly darker than every labeled case")
+    assert "data.normalize: percentile" in result.output
+    report = json.loads(CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity",
+                                                  "--json"]).output)
+    assert report["intensity"]["darker"]["val"][0][0] == val[0]
     refused = CliRunner().invoke(main, ["data", "info", str(root), "--intensity"])
     assert refused.exit_code == 2 and "give --labeled-cases N" in refused.output
+
+
+def test_intensity_coverage_counts_missing_volumes_and_names_a_bad_one(tmp_path):
+    import h5py
+
+    from ssl_mamba.data import generate_phantom, intensity_coverage
+
+    root = tmp_path / "phantom"
+    generate_phantom(root, n_train_patients=3, n_val_patients=1, n_test_patients=2, slices=(2, 3), size=(40, 48))
+    test = open_dataset(root).volume_names("test")
+    next(root.rglob(f"{test[0]}.h5")).unlink()
+    coverage = intensity_coverage(root, 2, splits=("test",))
+    assert coverage["not_stored"]["test"] == 1 and coverage["checked"]["test"] == len(test) - 1
+    with h5py.File(next(root.rglob(f"{test[1]}.h5")), "r+") as f:
+        image = f["image"][()]
+        image[0, 0, 0] = np.nan
+        f["image"][...] = image
+    with pytest.raises(DataError, match=f"volume {test[1]}: image has NaN"):
+        intensity_coverage(root, 2, splits=("test",))

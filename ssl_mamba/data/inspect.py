@@ -1,10 +1,11 @@
-"""Dataset reports and validation, behind `ssl-mamba data info [--check]`."""
+"""Dataset reports and validation, behind `ssl-mamba data info [--check] [--intensity]`."""
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
 from ..errors import DataError
+from .normalize import HIGH_PERCENTILE
 from .sources import SPLITS, SegmentationSource, case_of, open_dataset, slice_shape_summary
 from .split import cases_in_order, make_split
 
@@ -102,35 +103,45 @@ def _check_item(where: str, read, name: str, num_classes: int) -> List[str]:
     return _check_arrays(where, image, label, num_classes)
 
 
-BRIGHT_PERCENTILE = 99.5  # a volume's "brightness": robust to a few hot voxels, unlike its maximum
+
 DARKER = 0.8  # flagged below this fraction of the darkest labeled case: clear of the cases' own spread
+
+
+def _brightness(image: np.ndarray, what: str) -> float:
+    """The 99.5th intensity percentile (robust to a few hot voxels, unlike the maximum), as
+    `data.normalize: percentile` uses it; a DataError naming `what` if the image is not finite."""
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{what}: image has NaN or inf values")
+    return float(np.percentile(image, HIGH_PERCENTILE))
 
 
 def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ...] = ("val", "test")) -> dict:
     """Which evaluation volumes are clearly darker than every labeled case: their 99.5th intensity
-    percentile below `DARKER` times the darkest labeled case's.
+    percentile below `DARKER` times the darkest labeled case's (a case's slices pooled, both frames).
 
     Why: each stored volume is rescaled by its own minimum and maximum, so a volume with a few very
-    bright voxels stores its tissue dark.  A network trained on a handful of bright labeled cases can
-    then miss such a volume entirely (ACDC at 3 labeled cases: 11 test volumes flagged, among them 5 of
-    the 8 MT + UNet missed; its flagged volumes average 0.35 Dice against 0.57 for the rest, 0.64 and 0.64
-    with percentile-normalised slices; the 7 labeled patients include two dark ones: nothing flagged).
-    A coverage check, not a predictor: `data.normalize: percentile` is the remedy to try.
+    bright voxels stores its tissue dark, and a network trained on a handful of bright labeled cases
+    can miss it entirely (ACDC at 3 labeled cases: results/README.md, thirteenth session).  A coverage
+    check, not a predictor: `data.normalize: percentile` is the remedy to try.
 
-    Returns {"labeled": {case: percentile}, "threshold": t, "darker": {split: [[volume, percentile],
-    ...] darkest first}}."""
+    Returns {"labeled": {case: percentile}, "threshold": t, "checked": {split: stored volumes read},
+    "not_stored": {split: listed volumes without a file}, "darker": {split: [[volume, percentile], ...]
+    darkest first}}."""
     source = open_dataset(root)
     split = make_split(source, labeled_cases=labeled_cases)
-    labeled = {case: [] for case in split.labeled_cases}
-    for name in source.train_slice_names:
-        if source.case_of(name) in labeled:
-            labeled[source.case_of(name)].append(source.read_slice(name)[0].ravel())
-    brightness = {case: float(np.percentile(np.concatenate(parts), BRIGHT_PERCENTILE))
-                  for case, parts in labeled.items()}
+    names = source.train_slice_names
+    pooled: Dict[str, List[np.ndarray]] = {case: [] for case in split.labeled_cases}
+    for index in split.labeled_indices:
+        pooled[source.case_of(names[index])].append(source.read_slice(names[index])[0].ravel())
+    brightness = {case: _brightness(np.concatenate(parts), f"{source.root}: labeled case {case}")
+                  for case, parts in pooled.items()}
     threshold = DARKER * min(brightness.values())
-    darker = {}
+    report: dict = {"labeled": brightness, "threshold": threshold, "checked": {}, "not_stored": {}, "darker": {}}
     for name_split in splits:
-        found = [[name, float(np.percentile(source.read_volume(name)[0], BRIGHT_PERCENTILE))]
-                 for name in source.volume_names(name_split) if source.has_volume(name)]
-        darker[name_split] = sorted((item for item in found if item[1] < threshold), key=lambda item: item[1])
-    return {"labeled": brightness, "threshold": threshold, "darker": darker}
+        listed = source.volume_names(name_split)
+        stored = [name for name in listed if source.has_volume(name)]
+        found = [[name, _brightness(source.read_volume(name)[0], f"{source.root}: volume {name}")] for name in stored]
+        report["checked"][name_split] = len(stored)
+        report["not_stored"][name_split] = len(listed) - len(stored)
+        report["darker"][name_split] = sorted((item for item in found if item[1] < threshold), key=lambda i: i[1])
+    return report
