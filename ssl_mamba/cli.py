@@ -264,19 +264,27 @@ def data() -> None:
 @click.option("--check", is_flag=True, help="Open and validate every file; exit 2 on any problem.")
 @click.option("--intensity", is_flag=True,
               help="With --labeled-cases: list the val/test volumes clearly darker than every labeled case.")
+@click.option("--figure", help="With --intensity: also draw the cases' and volumes' intensities into this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def data_info(root, labeled_cases, num_classes, check, intensity, as_json) -> None:
+def data_info(root, labeled_cases, num_classes, check, intensity, figure, as_json) -> None:
     """Counts of slices, cases and volumes per split, labeled/unlabeled slices, label values, image sizes."""
     from .data import check_dataset, dataset_info, intensity_coverage
 
     if intensity and labeled_cases is None:
         raise UserError("--intensity compares with the labeled cases: give --labeled-cases N")
+    if figure and not intensity:
+        raise UserError("--figure draws the --intensity report: give --intensity too")
     report = dataset_info(root, labeled_cases=labeled_cases)
     problems = check_dataset(root, num_classes or report.get("num_classes") or 4) if check else []
     if check:
         report["problems"] = problems
     if intensity:
         report["intensity"] = intensity_coverage(root, labeled_cases)
+    if figure:
+        from .metrics.figures import intensity_strip
+
+        title = f"{Path(root).name}: {labeled_cases} labeled cases against the evaluation volumes"
+        drawn = intensity_strip(report["intensity"], Path(figure), title=title)
     if as_json:
         click.echo(json.dumps(report, default=str))
     else:
@@ -286,6 +294,8 @@ def data_info(root, labeled_cases, num_classes, check, intensity, as_json) -> No
         if intensity:
             for line in _coverage_lines(report["intensity"]):
                 click.echo(line)
+        if figure:
+            click.echo(f"figure: {drawn}")
     if problems:
         raise UserError(f"{len(problems)} problem(s) in {root}; first: {problems[0]}")
 

@@ -193,6 +193,13 @@ def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tm
     assert report["intensity"]["darker"]["val"][0][0] == val[0]
     refused = CliRunner().invoke(main, ["data", "info", str(root), "--intensity"])
     assert refused.exit_code == 2 and "give --labeled-cases N" in refused.output
+    assert sorted(coverage["volumes"]["test"]) == sorted(test)  # every checked volume, for the figure
+    png = tmp_path / "coverage.png"
+    drawn = CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity",
+                                      "--figure", str(png)])
+    assert f"figure: {png}" in drawn.output and png.read_bytes()[:4] == b"\x89PNG"
+    refused = CliRunner().invoke(main, ["data", "info", str(root), "--figure", str(png)])
+    assert refused.exit_code == 2 and "give --intensity too" in refused.output
 
 
 def test_intensity_coverage_counts_missing_volumes_and_names_a_bad_one(tmp_path):

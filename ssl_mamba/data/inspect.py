@@ -124,9 +124,9 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
     can miss it entirely (ACDC at 3 labeled cases: results/README.md, thirteenth session).  A coverage
     check, not a predictor: `data.normalize: percentile` is the remedy to try.
 
-    Returns {"labeled": {case: percentile}, "threshold": t, "checked": {split: stored volumes read},
-    "not_stored": {split: listed volumes without a file}, "darker": {split: [[volume, percentile], ...]
-    darkest first}}."""
+    Returns {"labeled": {case: percentile}, "threshold": t, "volumes": {split: {volume: percentile}},
+    "checked": {split: stored volumes read}, "not_stored": {split: listed volumes without a file},
+    "darker": {split: [[volume, percentile], ...] darkest first}}."""
     source = open_dataset(root)
     split = make_split(source, labeled_cases=labeled_cases)
     names = source.train_slice_names
@@ -136,11 +136,13 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
     brightness = {case: _brightness(np.concatenate(parts), f"{source.root}: labeled case {case}")
                   for case, parts in pooled.items()}
     threshold = DARKER * min(brightness.values())
-    report: dict = {"labeled": brightness, "threshold": threshold, "checked": {}, "not_stored": {}, "darker": {}}
+    report: dict = {"labeled": brightness, "threshold": threshold, "volumes": {}, "checked": {}, "not_stored": {},
+                    "darker": {}}
     for name_split in splits:
         listed = source.volume_names(name_split)
         stored = [name for name in listed if source.has_volume(name)]
         found = [[name, _brightness(source.read_volume(name)[0], f"{source.root}: volume {name}")] for name in stored]
+        report["volumes"][name_split] = dict(found)
         report["checked"][name_split] = len(stored)
         report["not_stored"][name_split] = len(listed) - len(stored)
         report["darker"][name_split] = sorted((item for item in found if item[1] < threshold), key=lambda i: i[1])

@@ -322,6 +322,32 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
     return _save(fig, path)
 
 
+def intensity_strip(coverage: Dict[str, Any], path: PathLike, title: Optional[str] = None) -> Path:
+    """One lane per group (the labeled cases, then each evaluation split), a dot per case / volume at its
+    99.5th intensity percentile, the flagging threshold as a dashed line and the flagged volumes in
+    red: whether the labeled cases span the intensities the network is evaluated on.  `coverage` as
+    `data.intensity_coverage` returns it."""
+    lanes = [("labeled", coverage["labeled"])] + list(coverage["volumes"].items())
+    if not coverage["labeled"]:
+        raise DataError("intensity_strip: no labeled case to compare with")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.6 * len(lanes)))
+    rng = np.random.default_rng(0)  # vertical jitter only, so overlapping dots stay visible
+    for row, (lane, values) in enumerate(lanes):
+        flagged = {name for name, _ in coverage["darker"].get(lane, [])}
+        for name, value in values.items():
+            colour = CLASS_COLOURS[3] if lane == "labeled" else CLASS_COLOURS[1] if name in flagged else "grey"
+            ax.plot([value], [row + rng.uniform(-0.18, 0.18)], "o", markersize=4, color=colour, alpha=0.8)
+    ax.axvline(coverage["threshold"], color="black", linestyle="--", linewidth=0.8)
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels([f"{lane} ({len(values)})" for lane, values in lanes], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("99.5th intensity percentile of the stored image (red: flagged, below the dashed line)")
+    ax.set_title(title or "Intensity coverage of the labeled cases", fontsize=9)
+    return _save(fig, path)
+
+
 def paper_comparison(points: Sequence[Dict[str, Any]], path: PathLike, metric: str = "Dice") -> Path:
     """Ours against the published value, one line per reproduced row: the paper's `metric` (black tick)
     joined to ours (dot; hollow for a schedule shorter than the paper's), rows grouped (e.g. by labeled
