@@ -103,7 +103,6 @@ def _check_item(where: str, read, name: str, num_classes: int) -> List[str]:
     return _check_arrays(where, image, label, num_classes)
 
 
-
 DARKER = 0.8  # flagged below this fraction of the darkest labeled case: clear of the cases' own spread
 
 

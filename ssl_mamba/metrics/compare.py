@@ -41,7 +41,7 @@ def case_changes(before: Mapping[str, float], after: Mapping[str, float], missed
     if only:
         raise DataError(f"the runs were scored on different volumes: {only[0]} is in one only "
                         f"({len(only)} differ); compare runs evaluated on the same split")
-    cases = [c for c in before if not (math.isnan(before[c]) or math.isnan(after[c]))]
+    cases = defined_in_both(before, after)
     if not cases:
         raise DataError("no volume has a defined Dice in both runs")
     delta = {c: after[c] - before[c] for c in cases}
@@ -58,6 +58,11 @@ def case_changes(before: Mapping[str, float], after: Mapping[str, float], missed
         listed = ", ".join(f"{c} {before[c]:.3f} -> {after[c]:.3f}" for c in chosen)
         lines.append(f"{title}: {listed or 'none'}")
     return lines
+
+
+def defined_in_both(before: Mapping[str, float], after: Mapping[str, float]) -> List[str]:
+    """The volumes of `before` that `after` scored too, with a defined (not NaN) Dice in both, in order."""
+    return [c for c in before if c in after and not (math.isnan(before[c]) or math.isnan(after[c]))]
 
 
 def _mean(values: Mapping[str, float], cases: Sequence[str]) -> float:

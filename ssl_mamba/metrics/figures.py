@@ -303,7 +303,9 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
     `annotate` volumes that moved most named: found volumes sit high on the left, lost ones low on
     the right.  `before` / `after` as `compare.read_case_dice` returns them; volumes without a defined
     Dice in both are left out."""
-    cases = [c for c in before if c in after and not (math.isnan(before[c]) or math.isnan(after[c]))]
+    from .compare import defined_in_both
+
+    cases = defined_in_both(before, after)
     if not cases:
         raise DataError("case_scatter: the two runs share no volume")
     plt = _pyplot()
