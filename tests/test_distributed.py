@@ -300,6 +300,45 @@ def test_torchrun_cli_trains_once(tmp_path, phantom_root):
     assert (run_dir / "last.pt").is_file() and (run_dir / "best_net1.pth").is_file()
 
 
+def _validation_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:
+    """One rank validating a built, never-fitted trainer; writes the volumes it read and what it saw."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
+    try:
+        trainer = Trainer(load_config(cfg_path, []), Path(run_dir), progress=False)
+        read, original = [], trainer.source.read_volume
+        trainer.source.read_volume = lambda name: (read.append(name), original(name))[1]
+        scalars = {k: v for k, v in trainer._validate().items() if not k.startswith("time/")}
+        seen = {"read": read, "scalars": scalars, "best": trainer.best}
+        Path(out_dir, f"validated_{rank}.json").write_text(th.json.dumps(seen))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_the_validation_volumes_and_agree_with_one_process(tmp_path, phantom_root):
+    """Each rank predicts and scores every second validation volume (no rank idles while another
+    validates); after sharing the scores every rank holds the one-process validation exactly, for
+    both networks of cross teaching, and the same best; only rank 0 writes best_<net>.pth."""
+    cfg = _config(tmp_path, phantom_root, "val", networks=["_test_plain", "_test_plain"], method="cross_teaching",
+                  labeled_batch_size=2)
+    mp.spawn(_validation_worker, args=(free_port(), cfg, str(tmp_path / "ddp"), str(tmp_path)), nprocs=WORLD,
+             join=True)
+    one = Trainer(load_config(cfg, []), tmp_path / "one", progress=False)
+    names = list(one.val_names)
+    expected = {k: v for k, v in one._validate().items() if not k.startswith("time/")}
+    assert len(names) >= 2 and expected["val/net1/dice"] > 0 and expected["val/net2/dice"] > 0
+    for rank in range(WORLD):
+        seen = th.json.loads((tmp_path / f"validated_{rank}.json").read_text())
+        assert seen["read"] == names[rank::WORLD] * 2  # net1's share, then net2's
+        assert seen["scalars"] == expected
+        assert seen["best"] == {k: dict(v) for k, v in one.best.items()}
+    assert sorted((tmp_path / "ddp").glob("best_*.pth")) == [tmp_path / "ddp" / "best_net1.pth",
+                                                              tmp_path / "ddp" / "best_net2.pth"]
+
+
 def _fit_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:
     """One rank of a two-process run; writes how it ended ("finished" or the error) to ended_<rank>.txt."""
     torch.set_num_threads(1)

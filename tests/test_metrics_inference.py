@@ -9,7 +9,8 @@ from torch import nn
 
 from ssl_mamba.config import EvalConfig
 from ssl_mamba.errors import ConfigError, DataError
-from ssl_mamba.metrics import case_metrics, evaluate_volumes, predict_volume, resize_bilinear, resize_nearest
+from ssl_mamba.metrics import (case_metrics, evaluate_volumes, merge_results, predict_volume, resize_bilinear,
+                               resize_nearest)
 
 ACDC = Path(__file__).resolve().parents[2] / "shared/datasets/ACDC"
 K = 4
@@ -141,21 +142,47 @@ def test_evaluate_volumes_aggregates_cases_and_classes():
     assert d["num_cases"] == 2 and len(d["per_case"]) == 6 and d["settings"]["empty_policy"] == "original"
 
 
-def test_volumes_scored_in_threads_keep_their_order_and_scores():
-    """Validation and `ssl-mamba evaluate` score volumes in threads while the next ones are predicted:
-    the result must be the one-thread result, case for case and slice for slice."""
+def _volumes_with_different_misses(n: int) -> dict:
     rng = np.random.default_rng(7)
     volumes = {}
-    for i in range(6):
+    for i in range(n):
         label = label_volume(rng, (2 + i % 3, 32, 32))
         image = label.astype(np.float32) / (K - 1)
         image[:, :, : 4 * i] = 0  # a different miss per volume, so the order shows
         volumes[f"v{i}"] = (image, label)
+    return volumes
+
+
+def test_volumes_scored_in_threads_keep_their_order_and_scores():
+    """Validation and `ssl-mamba evaluate` score volumes in threads while the next ones are predicted:
+    the result must be the one-thread result, case for case and slice for slice."""
+    volumes = _volumes_with_different_misses(6)
     names = list(volumes)
     runs = [evaluate_volumes(LabelEchoNet(), DictSource(volumes), names, K, (32, 32), EvalConfig(), torch.device("cpu"),
                              threads=n).to_dict() for n in (1, 4)]
     assert runs[0] == runs[1]
     assert [r["case"] for r in runs[1]["per_case"]][::3] == names
+
+
+@pytest.mark.parametrize("world", [2, 3, 8])
+def test_volumes_shared_out_as_ranks_validate_merge_into_the_whole_evaluation(world):
+    """Data-parallel validation: rank r scores names[r::world] and the parts are merged.  Per case,
+    per class and overall the merge is the one evaluation of all the volumes, bit for bit (the rows
+    back in the order of the names), also with more ranks than volumes (empty parts)."""
+    volumes = _volumes_with_different_misses(7)
+    names = list(volumes)
+
+    def evaluate(subset):
+        return evaluate_volumes(LabelEchoNet(), DictSource(volumes), subset, K, (32, 32), EvalConfig(),
+                                torch.device("cpu"))
+
+    whole = evaluate(names)
+    parts = [evaluate(names[rank::world]) for rank in range(world)]
+    merged = merge_results(parts[::-1], names, K)  # the order parts arrive in does not matter
+    assert merged.per_case == whole.per_case
+    assert merged.per_class == whole.per_class and merged.mean == whole.mean
+    assert sorted(merged.slice_dice) == sorted(whole.slice_dice) and merged.settings == whole.settings
+    assert len({part.mean_dice for part in parts if part.per_case}) > 1  # the parts differ: the merge matters
 
 
 @pytest.mark.skipif(not (ACDC / "test.list").is_file(), reason="ACDC data not present at ../shared/datasets/ACDC")

@@ -577,13 +577,11 @@ class Trainer:
         self.elapsed["train"] += time.perf_counter() - tick
         self.stop_agreed = self.stop_agreed or done.result.logs.pop(STOP_VOTE, 0.0) > 0
         self.last_losses = done.result.losses
-        validate = self._validates(done.iteration)
+        val = self._validate() if self._validates(done.iteration) else {}
         if self.dist.is_main:
-            self._log_iteration(done, validate)
-        if validate:
-            ddp.barrier(self.dist)  # the other ranks wait for rank 0's validation
+            self._log_iteration(done, val)
 
-    def _log_iteration(self, done: QueuedIteration, validate: bool) -> None:
+    def _log_iteration(self, done: QueuedIteration, val: Dict[str, float]) -> None:
         result = done.result
         if result.skipped:
             self.skipped += 1
@@ -592,8 +590,7 @@ class Trainer:
         scalars.update(result.logs)
         scalars.update({f"lr/{name}": lr for name, lr in done.lrs.items()})
         scalars["train/skipped_steps"] = self.skipped
-        if validate:
-            scalars.update(self._validate())
+        scalars.update(val)
         self.logger.scalars(done.iteration, scalars)
         if self._logs_images(done.iteration):
             pictures = batch_images(done.batch, self.cfg.data.num_classes)
@@ -602,30 +599,43 @@ class Trainer:
     # ---- validation -----------------------------------------------------------------------------
     def _validate(self) -> Dict[str, float]:
         """Evaluate every eval network on the validation volumes; keep best_<net>.pth on improvement."""
-        from ..metrics import evaluate_volumes
-
         scalars: Dict[str, float] = {}
         for name, net in self.method.eval_networks().items():
             tick = time.perf_counter()
-            net.eval()
-            with torch.no_grad():
-                res = evaluate_volumes(net, self.source, self.val_names, self.cfg.data.num_classes,
-                                       self.cfg.data.patch_size, self.cfg.eval, self.device,
-                                       graphs=self._eval_graphs(name, net))
-            net.train()
+            res = self._evaluate_on_val(name, net)
             dice = float(res.mean_dice)
             scalars.update(val_scalars(name, res))
             best = self.best.get(name)
             if best is None or dice > best["dice"]:
                 self.best[name] = {"dice": dice, "iteration": self.iteration}
-                save_network(net, self.run_dir / f"best_{name}.pth")
+                if self.dist.is_main:
+                    save_network(net, self.run_dir / f"best_{name}.pth")
             seconds = time.perf_counter() - tick
             self.elapsed["validation"] += seconds
             scalars[f"time/val_{name}_s"] = seconds
-            log.info("iteration %d: %s val mean Dice %.4f (best %.4f at %d; %.1f s)", self.iteration, name, dice,
-                     self.best[name]["dice"], self.best[name]["iteration"], seconds)
+            if self.dist.is_main:
+                log.info("iteration %d: %s val mean Dice %.4f (best %.4f at %d; %.1f s)", self.iteration, name,
+                         dice, self.best[name]["dice"], self.best[name]["iteration"], seconds)
         self.method.train()
         return scalars
+
+    def _evaluate_on_val(self, name: str, net: nn.Module):
+        """The network's scores on the validation volumes.
+
+        Data-parallel ranks hold identical replicas: each scores every world_size-th volume and they
+        share the scores, so no rank idles while another validates, and every rank ends with the same
+        result (and so the same best; rank 0 writes the files)."""
+        from ..metrics import evaluate_volumes, merge_results
+
+        mine = self.val_names[self.dist.rank::self.dist.world_size]
+        net.eval()
+        with torch.no_grad():
+            res = evaluate_volumes(net, self.source, mine, self.cfg.data.num_classes, self.cfg.data.patch_size,
+                                   self.cfg.eval, self.device, graphs=self._eval_graphs(name, net))
+        net.train()
+        if not self.dist.enabled:
+            return res
+        return merge_results(ddp.gather_objects(res, self.dist), self.val_names, self.cfg.data.num_classes)
 
     # ---- the end --------------------------------------------------------------------------------
     def _finish(self, start_wall: float) -> dict:
