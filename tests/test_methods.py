@@ -296,12 +296,12 @@ def test_configs_exist_for_every_paper_row():
     assert {("promise12", "semi_mamba_unet_8cases"), ("promise12", "semi_mamba_unet_12cases")} <= others
 
 
-def _diagnostics_beside_rows(pattern: str, row_of) -> list:
+def _diagnostics_beside_rows(pattern: str, row_of, count: int = 2) -> list:
     """[(path, config, its paper row's config)] for the configs/diagnostics files matching `pattern`,
-    checked to be two (3 and 7 cases), marked as no paper row and named after their file; `row_of(stem)`
-    is the row's config name under configs/acdc."""
+    checked to be `count` (e.g. 3 and 7 cases), marked as no paper row and named after their file;
+    `row_of(stem)` is the row's config name under configs/acdc."""
     paths = [p for p in DIAGNOSTICS if p.match(pattern)]
-    assert len(paths) == 2, paths
+    assert len(paths) == count, paths
     out = []
     for path in paths:
         cfg = load_config(path)
@@ -321,9 +321,10 @@ def test_supervised_diagnostics_train_exactly_the_semi_rows_supervised_half():
 
 
 def test_normalized_diagnostics_differ_from_their_rows_in_the_normalisation_only():
-    """configs/diagnostics/acdc_mt_unet_<N>cases_normalized: the MT + UNet row with data.normalize on;
-    any other difference would confound what the diagnostic measures."""
-    for path, cfg, row in _diagnostics_beside_rows("*_normalized.yaml", lambda stem: f"mt_unet_{stem.split('_')[-2]}"):
+    """configs/diagnostics/acdc_<row>_normalized (MT + UNet at 3 and 7 cases, Semi-Mamba-UNet at 3): the
+    row with data.normalize on; any other difference would confound what the diagnostic measures."""
+    row_of = lambda stem: stem.removeprefix("acdc_").removesuffix("_normalized")  # noqa: E731
+    for path, cfg, row in _diagnostics_beside_rows("*_normalized.yaml", row_of, count=3):
         assert cfg.data.normalize == "percentile" and row.data.normalize == "none"
         same_data = dataclasses.replace(cfg.data, normalize="none")
         assert (same_data, cfg.model, cfg.method, cfg.train, cfg.eval) == (row.data, row.model, row.method, row.train,
