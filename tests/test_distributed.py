@@ -301,17 +301,34 @@ def test_torchrun_cli_trains_once(tmp_path, phantom_root):
 
 
 def _validation_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:
-    """One rank validating a built, never-fitted trainer; writes the volumes it read and what it saw."""
+    """One rank validating a built, never-fitted trainer; writes the volumes it read, the files it
+    saved and what it saw; then validates again with rank 1's first volume unreadable."""
+    import ssl_mamba.engine.trainer as trainer_module
+
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
     try:
         trainer = Trainer(load_config(cfg_path, []), Path(run_dir), progress=False)
-        read, original = [], trainer.source.read_volume
+        read, saved, original, save = [], [], trainer.source.read_volume, trainer_module.save_network
         trainer.source.read_volume = lambda name: (read.append(name), original(name))[1]
+        trainer_module.save_network = lambda net, path: (saved.append(Path(path).name), save(net, path))[1]
         scalars = {k: v for k, v in trainer._validate().items() if not k.startswith("time/")}
-        seen = {"read": read, "scalars": scalars, "best": trainer.best}
+        seen = {"read": read, "saved": saved, "scalars": scalars, "best": trainer.best}
+        broken = trainer.val_names[1]  # rank 1's first volume
+
+        def unreadable(name):
+            if name == broken:
+                raise DataError(f"{name}: cannot read the volume")
+            return original(name)
+
+        trainer.source.read_volume = unreadable
+        try:
+            trainer._validate()
+            seen["failure"] = None
+        except UserError as exc:
+            seen["failure"] = f"{type(exc).__name__}: {exc}"
         Path(out_dir, f"validated_{rank}.json").write_text(th.json.dumps(seen))
         dist.barrier()
     finally:
@@ -321,7 +338,9 @@ def _validation_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_di
 def test_ranks_share_the_validation_volumes_and_agree_with_one_process(tmp_path, phantom_root):
     """Each rank predicts and scores every second validation volume (no rank idles while another
     validates); after sharing the scores every rank holds the one-process validation exactly, for
-    both networks of cross teaching, and the same best; only rank 0 writes best_<net>.pth."""
+    both networks of cross teaching, and the same best; only rank 0 writes best_<net>.pth.  A volume
+    that fails on one rank fails the validation on both, each with the failing rank's error (no rank
+    is left waiting for the other)."""
     cfg = _config(tmp_path, phantom_root, "val", networks=["_test_plain", "_test_plain"], method="cross_teaching",
                   labeled_batch_size=2)
     mp.spawn(_validation_worker, args=(free_port(), cfg, str(tmp_path / "ddp"), str(tmp_path)), nprocs=WORLD,
@@ -330,13 +349,14 @@ def test_ranks_share_the_validation_volumes_and_agree_with_one_process(tmp_path,
     names = list(one.val_names)
     expected = {k: v for k, v in one._validate().items() if not k.startswith("time/")}
     assert len(names) >= 2 and expected["val/net1/dice"] > 0 and expected["val/net2/dice"] > 0
+    seen = [th.json.loads((tmp_path / f"validated_{rank}.json").read_text()) for rank in range(WORLD)]
     for rank in range(WORLD):
-        seen = th.json.loads((tmp_path / f"validated_{rank}.json").read_text())
-        assert seen["read"] == names[rank::WORLD] * 2  # net1's share, then net2's
-        assert seen["scalars"] == expected
-        assert seen["best"] == {k: dict(v) for k, v in one.best.items()}
-    assert sorted((tmp_path / "ddp").glob("best_*.pth")) == [tmp_path / "ddp" / "best_net1.pth",
-                                                              tmp_path / "ddp" / "best_net2.pth"]
+        assert seen[rank]["read"] == names[rank::WORLD] * 2  # net1's share, then net2's
+        assert seen[rank]["scalars"] == expected
+        assert seen[rank]["best"] == {k: dict(v) for k, v in one.best.items()}
+    assert seen[0]["saved"] == ["best_net1.pth", "best_net2.pth"] and seen[1]["saved"] == []
+    assert seen[1]["failure"] == f"DataError: {names[1]}: cannot read the volume"
+    assert seen[0]["failure"] == f"UserError: validation of net1 failed on rank 1: {seen[1]['failure']}"
 
 
 def _fit_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:

@@ -6,8 +6,9 @@ so a broken harness shows on CI rather than on the card.
 
 What a run must show: it ends normally with both processes (the trainer compares the ranks' replicas at
 every checkpoint and stops the run if they differ, so a normal end includes those checks), its losses
-stay finite, its checkpoint holds both ranks' RNG states, and on the GPU the scan ran on triton, the graphs
-were captured and the blocks compiled.
+stay finite, its validations (each rank scores a share of the volumes) are logged, its checkpoint holds both
+ranks' RNG states, and on the GPU the scan ran on triton, the graphs (train and eval) were captured and the
+blocks compiled.
 """
 import dataclasses
 import math
@@ -32,7 +33,8 @@ def _train_two_processes(tmp_path: Path, root: Path, gpu: bool) -> Path:
     cfg = th.tiny_config(root, method="cross_teaching", networks=["test_unet", "test_mamba_unet"],
                          labeled_batch_size=2, patch=64, max_iterations=ITERATIONS, val_every=3,
                          checkpoint_every=3, **(GPU_SETTINGS if gpu else {}))
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_backend="auto"))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_backend="auto"),
+                              eval=dataclasses.replace(cfg.eval, cuda_graphs=gpu))  # as the rows validate
     cfg_path, run_dir = tmp_path / "cross.yaml", tmp_path / "run"
     th.write_config(cfg, cfg_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -48,8 +50,11 @@ def _check_run(run_dir: Path, gpu: bool) -> None:
     summary = th.json.loads((run_dir / "summary.json").read_text())
     assert (summary["processes"], summary["iterations"]) == (2, ITERATIONS)
     assert summary["amp"] == ("bf16" if gpu else "none")
-    losses = [r["loss/seg"] for r in th.read_jsonl(run_dir / "metrics.jsonl") if "loss/seg" in r]
+    rows = th.read_jsonl(run_dir / "metrics.jsonl")
+    losses = [r["loss/seg"] for r in rows if "loss/seg" in r]
     assert len(losses) == ITERATIONS and all(math.isfinite(v) for v in losses)
+    # both ranks validated a share of the volumes and rank 0 logged the merged scores
+    assert [r["step"] for r in rows if "val/net2/dice" in r] == [3, 6]
     log = (run_dir / "train.log").read_text()
     assert "data parallel: 2 processes" in log
     assert f"scan backend auto -> {'triton' if gpu else 'torch'} for ss2d" in log

@@ -185,6 +185,21 @@ def test_volumes_shared_out_as_ranks_validate_merge_into_the_whole_evaluation(wo
     assert len({part.mean_dice for part in parts if part.per_case}) > 1  # the parts differ: the merge matters
 
 
+def test_merging_parts_that_miss_or_repeat_a_volume_is_refused():
+    """A share missing a volume or scoring one twice would give a plausible but wrong mean (and a wrong
+    best checkpoint): merge_results says which volumes are wrong instead."""
+    volumes = _volumes_with_different_misses(3)
+    names = list(volumes)
+    parts = [evaluate_volumes(LabelEchoNet(), DictSource(volumes), subset, K, (32, 32), EvalConfig(),
+                              torch.device("cpu")) for subset in (names[:2], names[1:])]
+    with pytest.raises(ValueError, match=r"in several parts \['v1'\]"):
+        merge_results(parts, names, K)
+    with pytest.raises(ValueError, match=r"missing \['v2'\]"):
+        merge_results(parts[:1], names, K)
+    with pytest.raises(ValueError, match=r"unknown \['v2'\]"):
+        merge_results([parts[1]], names[1:2], K)
+
+
 @pytest.mark.skipif(not (ACDC / "test.list").is_file(), reason="ACDC data not present at ../shared/datasets/ACDC")
 def test_real_acdc_volume():
     import h5py

@@ -31,13 +31,14 @@ Design (issue 9):
 * Randomness: model init is identical on every rank (same seed, then a broadcast); afterwards
   rank r > 0 reseeds its global RNGs from (seed, r), so dropout and teacher noise differ per
   rank; every rank's RNG state is checkpointed, so a resume is exact for the same world size.
-* Side effects: only rank 0 validates, logs and writes files; the others wait at a barrier.
+* Validation: every rank scores every world_size-th validation volume and the ranks share the
+  scores (`gather_results`), so all hold the one-process result; only rank 0 logs and writes files.
 """
 import datetime
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -49,7 +50,8 @@ from ..utils.log import get_logger
 
 log = get_logger("engine.distributed")
 
-# Rank 0 validates while the others wait at a barrier: allow long validations.
+# Ranks wait for each other wherever one has more to do: rank 0 writing checkpoints and best weights,
+# the first validation's compile and graph capture, the end of a run.  Allow long waits.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
 
 
@@ -102,11 +104,14 @@ def init_distributed(device_name: str) -> DistContext:
 
 
 def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
-    """A distributed CUDA run trains rank r on cuda:LOCAL_RANK (train.device cuda / auto)."""
+    """A distributed CUDA run trains rank r on cuda:LOCAL_RANK (train.device cuda / auto), also made the
+    current device: NCCL's object collectives (`gather_objects`) use the current one, and a process
+    group created by the caller (not `init_distributed`) leaves it at cuda:0 on every rank."""
     if ctx.enabled and device.type == "cuda":
         if ctx.local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {ctx.local_rank} but only {torch.cuda.device_count()} CUDA device(s) "
                             "are visible; lower --nproc_per_node")
+        torch.cuda.set_device(ctx.local_rank)
         return torch.device("cuda", ctx.local_rank)
     return device
 
@@ -283,6 +288,26 @@ def gather_objects(obj: Any, ctx: DistContext) -> List[Any]:
     out: List[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_results(compute: Callable[[], Any], ctx: DistContext, what: str) -> List[Any]:
+    """Every rank's `compute()`, in rank order.  If it raises on any rank it raises on every rank: the
+    failing rank its own exception, the others a UserError naming that rank and its error, so no rank
+    is left waiting in a later collective for one that has gone."""
+    if not ctx.enabled:
+        return [compute()]
+    try:
+        value, error = compute(), None
+    except Exception as exc:  # shared with the other ranks, then re-raised here
+        value, error = None, exc
+    parts = gather_objects((value, None if error is None else f"{type(error).__name__}: {error}"), ctx)
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, (_, message) in enumerate(parts) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise UserError(f"{what} failed on rank {rank}: {message}")
+    return [value for value, _ in parts]
 
 
 def tensor_checksums(modules: nn.Module) -> Dict[str, tuple]:

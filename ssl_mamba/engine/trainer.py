@@ -8,8 +8,8 @@ Dice, strict improvement) and `summary.json`.  `Trainer(cfg, run_dir, resume=Tru
 from `last.pt` and produces the same weights as an uninterrupted run.
 
 Under torchrun (WORLD_SIZE > 1) the same code trains data-parallel: see `distributed.py` for
-the batch, gradient, BatchNorm and randomness semantics.  Only rank 0 validates, logs and
-writes files; every rank reads `last.pt` on resume.
+the batch, gradient, BatchNorm and randomness semantics.  Every rank validates a share of the
+volumes; only rank 0 logs and writes files; every rank reads `last.pt` on resume.
 """
 import contextlib
 import dataclasses
@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
 from .step import IterationResult, TrainingDiverged, autocast_context, finish_readback, run_iteration
+
+if TYPE_CHECKING:  # scoring (scipy) loads at the first validation
+    from ..metrics import EvalResult
 
 log = get_logger("engine.trainer")
 
@@ -598,7 +601,10 @@ class Trainer:
 
     # ---- validation -----------------------------------------------------------------------------
     def _validate(self) -> Dict[str, float]:
-        """Evaluate every eval network on the validation volumes; keep best_<net>.pth on improvement."""
+        """Evaluate every eval network on the validation volumes; keep best_<net>.pth on improvement.
+
+        Under torchrun a collective: every rank calls it at the same iteration (an iteration that
+        validates is never left queued, so the failure path cannot validate on one rank alone)."""
         scalars: Dict[str, float] = {}
         for name, net in self.method.eval_networks().items():
             tick = time.perf_counter()
@@ -619,23 +625,28 @@ class Trainer:
         self.method.train()
         return scalars
 
-    def _evaluate_on_val(self, name: str, net: nn.Module):
+    def _evaluate_on_val(self, name: str, net: nn.Module) -> "EvalResult":
         """The network's scores on the validation volumes.
 
         Data-parallel ranks hold identical replicas: each scores every world_size-th volume and they
         share the scores, so no rank idles while another validates, and every rank ends with the same
-        result (and so the same best; rank 0 writes the files)."""
+        result (and so the same best; rank 0 writes the files).  A failure on one rank fails all."""
         from ..metrics import evaluate_volumes, merge_results
 
-        mine = self.val_names[self.dist.rank::self.dist.world_size]
-        net.eval()
-        with torch.no_grad():
-            res = evaluate_volumes(net, self.source, mine, self.cfg.data.num_classes, self.cfg.data.patch_size,
-                                   self.cfg.eval, self.device, graphs=self._eval_graphs(name, net))
-        net.train()
-        if not self.dist.enabled:
-            return res
-        return merge_results(ddp.gather_objects(res, self.dist), self.val_names, self.cfg.data.num_classes)
+        share = self.val_names[self.dist.rank::self.dist.world_size]
+
+        def evaluate_share():
+            net.eval()
+            try:
+                with torch.no_grad():
+                    return evaluate_volumes(net, self.source, share, self.cfg.data.num_classes,
+                                            self.cfg.data.patch_size, self.cfg.eval, self.device,
+                                            graphs=self._eval_graphs(name, net))
+            finally:
+                net.train()
+
+        parts = ddp.gather_results(evaluate_share, self.dist, f"validation of {name}")
+        return parts[0] if len(parts) == 1 else merge_results(parts, self.val_names, self.cfg.data.num_classes)
 
     # ---- the end --------------------------------------------------------------------------------
     def _finish(self, start_wall: float) -> dict:

@@ -20,6 +20,6 @@ def build_table(*args, **kwargs) -> str:
 __all__ = [
     "ASD_MODES", "EMPTY_POLICIES", "METRIC_NAMES", "PAPER_COLUMNS", "EvalResult", "SurfaceDistances", "build_table",
     "case_metrics", "confusion_matrix", "evaluate_volumes", "lowest_cases", "merge_results", "paper_row",
-    "predict_volume",
-    "resize_bilinear", "resize_nearest", "slice_dice", "summarize", "surface_distances", "write_reports",
+    "predict_volume", "resize_bilinear", "resize_nearest", "slice_dice", "summarize", "surface_distances",
+    "write_reports",
 ]

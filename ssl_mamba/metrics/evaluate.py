@@ -6,6 +6,7 @@ Means use nanmean, so values the "nan" empty policy leaves undefined are exclude
 """
 import os
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -84,6 +85,12 @@ def merge_results(parts: Sequence[EvalResult], names: Sequence[str], num_classes
     """One result from evaluations of disjoint parts of `names` (data-parallel ranks validating a
     share each): the per-case rows in the order of `names`, so the means are bit-for-bit those of one
     evaluation of all of them.  The slice Dice values keep the parts' order (only their histogram is used)."""
+    owners = Counter(case for part in parts for case in dict.fromkeys(row["case"] for row in part.per_case))
+    missing, unknown = sorted(set(names) - set(owners)), sorted(set(owners) - set(names))
+    repeated = sorted(case for case, count in owners.items() if count > 1)
+    if missing or repeated or unknown:
+        raise ValueError(f"merge_results: the parts must score each of the {len(names)} names once; missing "
+                         f"{missing[:3]}, in several parts {repeated[:3]}, unknown {unknown[:3]}")
     position = {name: i for i, name in enumerate(names)}
     rows = sorted((row for part in parts for row in part.per_case), key=lambda row: position[row["case"]])
     slices = [value for part in parts for value in part.slice_dice]
