@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ssl_mamba.config import ExperimentConfig, save_config  # noqa: E402
+from ssl_mamba.config import ExperimentConfig, load_config, save_config  # noqa: E402
 from ssl_mamba.errors import DataError  # noqa: E402
 from ssl_mamba.metrics import METRIC_NAMES, paper_row, summarize, write_reports  # noqa: E402
 from ssl_mamba.metrics import figures  # noqa: E402
@@ -98,6 +98,19 @@ def test_table_groups_seeds_into_mean_and_std(tmp_path):
     assert "cross_teaching (unet + mamba_unet), 3 labeled cases" in lines[2]
     assert "| 2 | 0.9000 ± 0.0707 |" in lines[2]
     assert "mean_teacher (unet), 7 labeled cases" in lines[3] and "| 1 | 0.7500 |" in lines[3]
+
+
+def test_seeds_written_with_other_checkpoint_or_picture_cadences_pool_but_other_settings_do_not(tmp_path):
+    """How often a run writes last.pt or logs pictures does not change its training (a resumed run equals
+    an uninterrupted one), so seeds that differ there pool; a training setting (lr) splits the row."""
+    a = make_run(tmp_path, "s1", 1, 0.70)
+    b = make_run(tmp_path, "s2", 2, 0.80)
+    c = make_run(tmp_path, "s3", 3, 0.90, lr=0.02)
+    cfg = load_config(b / "config.yaml")
+    cfg.train.checkpoint_every, cfg.train.log_images_every = 500, 0
+    save_config(cfg, b / "config.yaml")
+    lines = build_table([a, b, c]).splitlines()
+    assert len(lines) == 4 and "| 2 | 0.9000 ± 0.0707 |" in lines[2] and "| 1 | 1.0500 |" in lines[3]
 
 
 def test_table_compare_paper_and_formats(tmp_path):

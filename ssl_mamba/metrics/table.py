@@ -6,7 +6,8 @@ For each run directory `build_table` reads exactly two files:
 - `<run>/metrics/<split>/summary.json` (written by `write_reports`; its "mean" row is used).
 
 Runs whose configs are equal once the keys in `IGNORED_KEYS` (the run's name, where it is
-written, its seed and the device/worker placement) are dropped form one group and one row,
+written, its seed, the device/worker placement and how often it writes checkpoints and pictures:
+none changes what is trained) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
 shows the plain value.  The row label is built from the config: method, networks, labeled data (and
 `data.normalize` when it is not "none").
@@ -26,7 +27,8 @@ from ..paper_tables import find_paper_rows
 from .case import METRIC_NAMES
 from .report import report_path
 
-IGNORED_KEYS = ("name", "output_dir", "train.seed", "train.device", "data.num_workers")
+IGNORED_KEYS = ("name", "output_dir", "train.seed", "train.device", "data.num_workers", "train.checkpoint_every",
+                "train.log_images_every")
 HEADER = ("Method", "Source", "n", "Dice", "IoU", "Acc", "Pre", "Sen", "Spe", "HD95", "ASD")
 FORMATS = ("markdown", "latex", "csv")
 
