@@ -5,6 +5,7 @@ file (relative to itself) whose values it overrides, so each paper-table row is 
 Unknown keys and wrong types are errors that name the key and the file.
 """
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,10 @@ class DataConfig:
     rotflip_prob: float = 0.5  # P(rot90+flip); the rest rotates with rotate_prob
     rotate_prob: float = 0.5  # P(rotation | no rot90+flip): 0.5 is the MU / old-SSL4MIS behaviour
     normalize: str = "none"  # none (as stored: the papers') | percentile (per slice, data/normalize.py)
+    # [low, high]: each training image times a factor drawn log-uniformly from this range, after the
+    # geometric augmentation (e.g. [0.5, 1.0] when test volumes are darker than every labeled case:
+    # `ssl-mamba data info --intensity` suggests a range); null: off, as the papers
+    intensity_scale: Optional[List[float]] = None
     num_workers: int = 2
 
 
@@ -270,6 +275,17 @@ def _check_choice(value: str, choices: tuple, key: str, source: str) -> None:
         raise ConfigError(f"{source}: '{key}' is {value!r}; choose one of {', '.join(choices)}")
 
 
+def _check_intensity_scale(d: DataConfig, source: str) -> None:
+    scale = d.intensity_scale
+    if scale is None:
+        return
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] or not all(math.isfinite(v) for v in scale):
+        raise ConfigError(f"{source}: 'data.intensity_scale' must be [low, high] with 0 < low <= high, got {scale}")
+    if d.augment == "none":
+        raise ConfigError(f"{source}: 'data.intensity_scale' is set but data.augment is 'none'; it is part of the "
+                          "augmentation: choose data.augment cpu or gpu")
+
+
 def validate(cfg: ExperimentConfig, source: str) -> None:
     """Cross-field checks that need no registry (names are checked where they are resolved)."""
     d, m, t, e = cfg.data, cfg.method, cfg.train, cfg.eval
@@ -281,6 +297,7 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
     _check_choice(t.on_nonfinite, ("stop", "skip"), "train.on_nonfinite", source)
     _check_choice(e.empty_policy, ("original", "nan", "worst"), "eval.empty_policy", source)
     _check_choice(e.asd_mode, ("symmetric", "medpy_asd", "assd"), "eval.asd_mode", source)
+    _check_intensity_scale(d, source)
     if len(d.patch_size) != 2 or min(d.patch_size) <= 0:
         raise ConfigError(f"{source}: 'data.patch_size' must be two positive ints, got {d.patch_size}")
     chosen = [k for k in ("labeled_cases", "labeled_slices", "labeled_fraction") if getattr(d, k) is not None]

@@ -86,6 +86,15 @@ def test_bad_choices_and_cross_field_checks():
         load_config(None, ["model.networks=[unet, mamba_unet]", "model.pretrained=[x.pth]"])
 
 
+def test_intensity_scale_is_a_positive_range_and_needs_augmentation():
+    assert load_config(None, ["data.intensity_scale=[0.5, 1.0]"]).data.intensity_scale == [0.5, 1.0]
+    for bad in ("[0.5]", "[1.0, 0.5]", "[0, 1.0]", "[-1.0, 1.0]", "[0.5, .inf]"):
+        with pytest.raises(ConfigError, match=r"'data.intensity_scale' must be \[low, high\].*got"):
+            load_config(None, [f"data.intensity_scale={bad}"])
+    with pytest.raises(ConfigError, match="data.augment is 'none'.*choose data.augment cpu or gpu"):
+        load_config(None, ["data.intensity_scale=[0.5, 1.0]", "data.augment=none"])
+
+
 def test_a_missing_config_names_the_closest_ones_beside_it():
     """A row name typed from a paper table that has no config (Table 2 has no CPS row)."""
     acdc = Path(__file__).resolve().parents[1] / "configs" / "acdc"

@@ -145,8 +145,10 @@ def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_sev
     assert "patient075_frame01" not in darker  # a bright volume MT segmented well (0.92)
     assert "patient093_frame01" not in darker  # 0.60: below the darkest labeled case, not clearly
     assert [v for _, v in three["darker"]["test"]] == sorted(darker.values())  # darkest first
+    assert three["suggested_intensity_scale"] == [0.5, 1.0]  # patient007's 0.304 over patient050's 0.60
     seven = intensity_coverage(ACDC, 7, splits=("test",))
     assert min(seven["labeled"].values()) < 0.2 and seven["darker"]["test"] == []
+    assert seven["suggested_intensity_scale"] is None
 
 
 def _scale_images(root, names, factor):
@@ -188,6 +190,11 @@ def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tm
     line = [row for row in result.output.splitlines() if row.startswith("test:")][0]
     assert line.startswith(f"test: 2 of {len(test)} volumes clearly darker than every labeled case")
     assert "data.normalize: percentile" in result.output
+    # the darkest labeled case scaled by the suggested low reaches the darkest flagged volume, 0.05 steps
+    low, high = coverage["suggested_intensity_scale"]
+    darkest_labeled, darkest_flagged = coverage["labeled"][dark_case], coverage["darker"]["test"][0][1]
+    assert high == 1.0 and low * darkest_labeled <= darkest_flagged < (low + 0.05) * darkest_labeled
+    assert f"data.intensity_scale: [{low:.2f}, 1.0] trains on copies as dark as the darkest of them" in result.output
     report = json.loads(CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity",
                                                   "--json"]).output)
     assert report["intensity"]["darker"]["val"][0][0] == val[0]

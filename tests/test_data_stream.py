@@ -15,9 +15,10 @@ def phantom(tmp_path_factory) -> Path:
     return root
 
 
-def _stream(root, augment="cpu", workers=0, labeled_bs=2, seed=3):
+def _stream(root, augment="cpu", workers=0, labeled_bs=2, seed=3, intensity_scale=None):
     src = open_dataset(root)
-    cfg = DataConfig(root=str(root), patch_size=[32, 32], augment=augment, num_workers=workers)
+    cfg = DataConfig(root=str(root), patch_size=[32, 32], augment=augment, num_workers=workers,
+                     intensity_scale=intensity_scale)
     return build_train_stream(cfg, src, make_split(src, labeled_cases=2), 4, labeled_bs, seed, "cpu")
 
 
@@ -74,3 +75,48 @@ def test_gpu_mode_augments_but_keeps_labels_valid(phantom):
     assert all(torch.equal(p.indices, a.indices) for p, a in zip(plain, aug))
     assert any(not torch.equal(p.label, a.label) for p, a in zip(plain, aug))
     assert all(int(a.label.max()) <= 3 and int(a.label.min()) >= 0 for a in aug)
+
+
+@pytest.mark.parametrize("augment", ["cpu", "gpu"])
+def test_intensity_scale_darkens_each_image_by_its_own_factor_and_keeps_the_geometry(phantom, augment):
+    """data.intensity_scale multiplies each training image by a log-uniform factor drawn after the
+    geometric draws: the same rows, labels and geometry as without it, images scaled within the range,
+    a different factor per image; [1, 1] changes nothing; the stream still resumes exactly."""
+    plain = _collect(_stream(phantom, augment), 4)
+    same = _collect(_stream(phantom, augment, intensity_scale=[1.0, 1.0]), 4)
+    assert _same(plain, same)
+    darker = _collect(_stream(phantom, augment, intensity_scale=[0.3, 0.9]), 4)
+    factors = []
+    for p, d in zip(plain, darker):
+        assert torch.equal(p.label, d.label) and torch.equal(p.indices, d.indices)
+        for row in range(p.image.shape[0]):
+            bright = p.image[row] > 0.05
+            ratio = d.image[row][bright] / p.image[row][bright]
+            assert bright.any() and torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)  # one factor
+            factors.append(float(ratio[0]))
+    assert 0.3 <= min(factors) and max(factors) <= 0.9 and len({round(f, 6) for f in factors}) == len(factors)
+    stream = _stream(phantom, augment, intensity_scale=[0.3, 0.9])
+    _collect(stream, 2)
+    resumed = _stream(phantom, augment, intensity_scale=[0.3, 0.9])
+    resumed.load_state_dict(stream.state_dict())
+    assert _same(_collect(resumed, 2), darker[2:])
+
+
+def test_intensity_scale_factors_are_log_uniform():
+    """The factor's logarithm is uniform on [log low, log high] (so halving and doubling are as likely
+    in a symmetric range), on both paths; 4000 draws from fixed seeds."""
+    import math
+
+    import numpy as np
+
+    from ssl_mamba.data.augment import batched_intensity_scale, random_intensity_scale
+
+    ones = np.ones((1, 1), np.float32)
+    cpu = np.log([float(random_intensity_scale(ones, np.random.default_rng(i), 0.25, 4.0)[0, 0]) for i in range(4000)])
+    gen = torch.Generator().manual_seed(5)
+    gpu = torch.log(batched_intensity_scale(torch.ones(4000, 1, 1, 1), gen, 0.25, 4.0)).flatten().numpy()
+    for logs in (cpu, gpu):
+        assert logs.min() >= math.log(0.25) - 1e-6 and logs.max() <= math.log(4.0) + 1e-6
+        assert abs(float(np.mean(logs))) < 0.05  # the midpoint of [-log 4, log 4]
+        assert abs(float(np.mean(logs < 0)) - 0.5) < 0.03  # halving as likely as doubling
+        assert abs(float(np.std(logs)) - 2 * math.log(4.0) / math.sqrt(12)) < 0.03  # uniform's spread

@@ -334,22 +334,26 @@ def test_overlays_are_cut_to_the_labelled_and_predicted_structures():
     assert figures.foreground_crop(image, edge, np.zeros_like(edge), margin=5)[0].shape == (8, 8)
 
 
-def test_a_renormalised_run_is_its_own_row_without_a_paper_counterpart(tmp_path):
-    """A diagnostic with data.normalize neither pools with the row it varies nor meets the paper's row."""
+@pytest.mark.parametrize("key, value, label", [("normalize", "percentile", "percentile-normalised slices"),
+                                               ("intensity_scale", [0.5, 1.0], "intensities scaled by 0.5-1")])
+def test_a_rescaled_run_is_its_own_row_without_a_paper_counterpart(tmp_path, key, value, label):
+    """A diagnostic with data.normalize or data.intensity_scale neither pools with the row it varies
+    nor meets the paper's row, and its label says how it differs."""
     from ssl_mamba.metrics.table import paper_pairs
 
     plain = make_run(tmp_path, "mt", 1, 0.60, method="mean_teacher", networks=("unet",), labeled=3)
-    cfg = ExperimentConfig(name="mt_normalized")
+    cfg = ExperimentConfig(name="mt_rescaled")
     cfg.method.name, cfg.model.networks, cfg.data.labeled_cases = "mean_teacher", ["unet"], 3
-    cfg.train.seed, cfg.data.normalize = 1, "percentile"
-    save_config(cfg, tmp_path / "mt_normalized" / "config.yaml")
-    write_reports(make_result(0.7, 0.7), tmp_path / "mt_normalized" / "metrics" / "test")
-    runs = [plain, tmp_path / "mt_normalized"]
+    cfg.train.seed = 1
+    setattr(cfg.data, key, value)
+    save_config(cfg, tmp_path / "mt_rescaled" / "config.yaml")
+    write_reports(make_result(0.7, 0.7), tmp_path / "mt_rescaled" / "metrics" / "test")
+    runs = [plain, tmp_path / "mt_rescaled"]
     assert [p["ours"] for p in paper_pairs(runs)] == [pytest.approx(0.75)]  # the plain run alone
     lines = build_table(runs, compare="paper").splitlines()
     ours = [line for line in lines if "| ours |" in line]
     assert len(ours) == 2 and "| 1 |" in ours[1]
-    assert "percentile-normalised slices" in ours[1] and "normalised" not in ours[0]
+    assert label in ours[1] and "normalised" not in ours[0] and "scaled" not in ours[0]
     alone = [line for line in build_table(runs[1:]).splitlines() if "| ours |" in line]
-    assert "percentile-normalised slices" in alone[0]  # said even without the plain row beside it
+    assert label in alone[0]  # said even without the plain row beside it
 

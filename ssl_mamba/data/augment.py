@@ -9,6 +9,9 @@
   the patch size, one affine matrix per row, `grid_sample` nearest for both image and label
   (nearest for the image too, as the originals' order-0 resize).  Rotations are done in pixel
   space, so non-square patches are not sheared.
+* `random_intensity_scale` (numpy, one slice) / `batched_intensity_scale` (torch, a batch):
+  `data.intensity_scale`, each image times a log-uniform factor, drawn after the geometric draws so
+  the geometry of a run is the same with and without it.
 * `intensity_jitter`, `gaussian_noise`, `cutout`, `weak_view`, `strong_view`: photometric
   perturbations on batched tensors for methods that compare a weak and a strong view.
 """
@@ -58,6 +61,12 @@ def random_generator(image: np.ndarray, label: np.ndarray, size: Sequence[int], 
     elif r2 < rotate_prob:
         image, label = random_rotate(image, label, rng)
     return zoom_to(image, size).astype(np.float32, copy=False), zoom_to(label, size).astype(np.uint8, copy=False)
+
+
+def random_intensity_scale(image: np.ndarray, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """The slice times a factor drawn log-uniformly from [low, high] (a darker or brighter copy)."""
+    factor = math.exp(rng.uniform(math.log(low), math.log(high)))
+    return (image * factor).astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +134,14 @@ def batched_affine(image: torch.Tensor, label: torch.Tensor, generator: torch.Ge
     lab = label[:, None].to(torch.float32)  # (N, 1, H, W): labels are small ints, exact in float32
     out_lab = F.grid_sample(lab, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out_img.to(image.dtype), out_lab[:, 0].round().to(label.dtype)
+
+
+def batched_intensity_scale(image: torch.Tensor, generator: torch.Generator, low: float,
+                            high: float) -> torch.Tensor:
+    """Each image of (N, 1, H, W) times its own factor drawn log-uniformly from [low, high]."""
+    like = torch.empty(0, dtype=torch.float64, device=image.device)  # the draws' device and precision
+    log_factor = _uniform((image.shape[0], 1, 1, 1), math.log(low), math.log(high), generator, like)
+    return (image * torch.exp(log_factor)).to(image.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

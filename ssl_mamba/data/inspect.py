@@ -1,4 +1,5 @@
 """Dataset reports and validation, behind `ssl-mamba data info [--check] [--intensity]`."""
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple, Union
 
@@ -121,11 +122,13 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
     Why: each stored volume is rescaled by its own minimum and maximum, so a volume with a few very
     bright voxels stores its tissue dark, and a network trained on a handful of bright labeled cases
     can miss it entirely (ACDC at 3 labeled cases: results/README.md, thirteenth session).  A coverage
-    check, not a predictor: `data.normalize: percentile` is the remedy to try.
+    check, not a predictor: `data.normalize: percentile` is a remedy to try, or training on darker
+    copies (`data.intensity_scale`, the range suggested here).
 
     Returns {"labeled": {case: percentile}, "threshold": t, "volumes": {split: {volume: percentile}},
     "checked": {split: stored volumes read}, "not_stored": {split: listed volumes without a file},
-    "darker": {split: [[volume, percentile], ...] darkest first}}."""
+    "darker": {split: [[volume, percentile], ...] darkest first},
+    "suggested_intensity_scale": [low, 1.0] reaching down to the darkest flagged volume, or None}."""
     source = open_dataset(root)
     split = make_split(source, labeled_cases=labeled_cases)
     names = source.train_slice_names
@@ -145,4 +148,15 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
         report["checked"][name_split] = len(stored)
         report["not_stored"][name_split] = len(listed) - len(stored)
         report["darker"][name_split] = sorted((item for item in found if item[1] < threshold), key=lambda i: i[1])
+    report["suggested_intensity_scale"] = _scale_reaching(report["darker"], min(brightness.values()))
     return report
+
+
+def _scale_reaching(darker: Dict[str, list], darkest_labeled: float) -> Optional[List[float]]:
+    """[low, 1.0] with low the darkest flagged volume over the darkest labeled case, rounded down to a
+    multiple of 0.05 (at least 0.05): scaled copies of the labeled cases then reach that dark."""
+    flagged = [value for items in darker.values() for _, value in items]
+    if not flagged:
+        return None
+    low = math.floor(min(flagged) / darkest_labeled / 0.05 + 1e-9) * 0.05
+    return [round(max(low, 0.05), 2), 1.0]

@@ -6,6 +6,8 @@ Augmentation modes (`data_cfg.augment`):
 * "gpu": workers only resize to the patch size; the whole batch is augmented on the device by
   `batched_affine` with a torch.Generator seeded from (seed, batch number);
 * "none": resize only.
+`data_cfg.intensity_scale` then scales each image (cpu: in the worker, gpu: on the device), with
+draws that follow the geometric ones from the same stream.
 Every draw is therefore a pure function of (seed, batch number), and `state_dict()` is just the
 number of batches handed out so far.
 """
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
 from ..errors import DataError, UserError
-from .augment import batched_affine, random_generator, zoom_to
+from .augment import batched_affine, batched_intensity_scale, random_generator, random_intensity_scale, zoom_to
 from .batch import Batch
 from .samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler, derive_seed
 from .sources import SegmentationSource
@@ -32,12 +34,14 @@ class SliceDataset(Dataset):
     """Training slices of `source`, indexed by `(dataset_index, sample_seed)` pairs."""
 
     def __init__(self, source: SegmentationSource, patch_size: Sequence[int], num_classes: int,
-                 augment: str = "cpu", rotflip_prob: float = 0.5, rotate_prob: float = 0.5):
+                 augment: str = "cpu", rotflip_prob: float = 0.5, rotate_prob: float = 0.5,
+                 intensity_scale: Optional[Sequence[float]] = None):
         if augment not in ("cpu", "gpu", "none"):
             raise DataError(f"data.augment is {augment!r}; choose cpu, gpu or none")
         self.source, self.patch_size = source, tuple(int(p) for p in patch_size)
         self.num_classes, self.augment = num_classes, augment
         self.rotflip_prob, self.rotate_prob = rotflip_prob, rotate_prob
+        self.intensity_scale = tuple(intensity_scale) if intensity_scale else None
 
     def __len__(self) -> int:
         return len(self.source.train_slice_names)
@@ -52,6 +56,8 @@ class SliceDataset(Dataset):
         if self.augment == "cpu":
             rng = np.random.Generator(np.random.PCG64(seed))
             image, label = random_generator(image, label, self.patch_size, rng, self.rotflip_prob, self.rotate_prob)
+            if self.intensity_scale:
+                image = random_intensity_scale(image, rng, *self.intensity_scale)
         else:
             image, label = zoom_to(image, self.patch_size), zoom_to(label, self.patch_size)
         img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]  # (1, H, W)
@@ -125,8 +131,11 @@ class TrainStream:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True).long()
         if self.dataset.augment == "gpu":
-            images, labels = batched_affine(images, labels, self._generator(b), self.dataset.rotflip_prob,
+            generator = self._generator(b)
+            images, labels = batched_affine(images, labels, generator, self.dataset.rotflip_prob,
                                             self.dataset.rotate_prob)
+            if self.dataset.intensity_scale:
+                images = batched_intensity_scale(images, generator, *self.dataset.intensity_scale)
         return Batch(image=images, label=labels, n_labeled=self.n_labeled, indices=indices)
 
     def _generator(self, b: int) -> torch.Generator:
@@ -155,7 +164,7 @@ def build_train_stream(data_cfg: DataConfig, source: SegmentationSource, split: 
     `ShardedSampler` share (labeled_batch_size / world_size labeled rows first).
     """
     dataset = SliceDataset(source, data_cfg.patch_size, data_cfg.num_classes, data_cfg.augment,
-                           data_cfg.rotflip_prob, data_cfg.rotate_prob)
+                           data_cfg.rotflip_prob, data_cfg.rotate_prob, data_cfg.intensity_scale)
     if labeled_batch_size is None or labeled_batch_size >= batch_size:
         sampler = ShuffleSampler(split.labeled_indices, batch_size, seed)
         n_labeled = batch_size

@@ -10,7 +10,7 @@ written, its seed, the device/worker placement and how often it writes checkpoin
 none changes what is trained) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
 shows the plain value.  The row label is built from the config: method, networks, labeled data (and
-`data.normalize` when it is not "none").
+`data.normalize` when it is not "none", `data.intensity_scale` when set).
 With `compare="paper"` each of our rows is followed by every matching published row from
 `ssl_mamba.paper_tables` (matched on dataset, method, sorted networks and labeled cases).
 """
@@ -74,20 +74,23 @@ def labeled_data(cfg: ExperimentConfig) -> str:
 
 def row_label(cfg: ExperimentConfig) -> str:
     """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'.  A run that rescales its images
-    (`data.normalize`) says so, since otherwise it reads exactly like the row it varies."""
+    (`data.normalize`, `data.intensity_scale`) says so, since otherwise it reads exactly like the row it varies."""
     label = f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
     if cfg.data.normalize != "none":
         label += f", {cfg.data.normalize}-normalised slices"
+    if cfg.data.intensity_scale:
+        low, high = cfg.data.intensity_scale
+        label += f", intensities scaled by {low:g}-{high:g}"
     return label
 
 
 def published_rows(cfg: ExperimentConfig) -> list:
     """The papers' rows for this experiment.  The papers label by cases (or everything) and read the
-    images as stored: a run that chose its labeled data by slices or by fraction, or renormalised its
-    images (data.normalize), has no published counterpart."""
+    images as stored: a run that chose its labeled data by slices or by fraction, or rescaled its
+    images (data.normalize, data.intensity_scale), has no published counterpart."""
     if cfg.data.labeled_slices is not None or cfg.data.labeled_fraction is not None:
         return []
-    if cfg.data.normalize != "none":
+    if cfg.data.normalize != "none" or cfg.data.intensity_scale:
         return []
     return find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
 
