@@ -309,11 +309,14 @@ def _coverage_lines(coverage: dict) -> List[str]:
         lines.append(f"{split}: {len(darker)} of {coverage['checked'][split]} volumes clearly darker than every "
                      f"labeled case (< {coverage['threshold']:.3f})" + (f": {listed}" if darker else "")
                      + (f" ({missing} listed but not stored, not checked)" if missing else ""))
-    scale = coverage.get("suggested_intensity_scale")
+    if any(coverage["darker"].values()):
+        lines.append("a network trained on these labeled cases may miss such volumes; "
+                     "data.normalize: percentile rescales every slice to its own range")
+    scale = coverage["suggested_intensity_scale"]
     if scale:
-        lines.append("a network trained on these labeled cases may miss such volumes; data.normalize: percentile "
-                     "rescales every slice to its own range, or data.intensity_scale: "
-                     f"[{scale[0]:.2f}, {scale[1]:.1f}] trains on copies as dark as the darkest of them")
+        lines.append(f"5% of the unlabeled training cases are darker than {coverage['unlabeled_quantile']:.3f}; "
+                     f"data.intensity_scale: [{scale[0]:.2f}, {scale[1]:.1f}] gives every labeled case training "
+                     "copies at least that dark (chosen from the training images only)")
     return lines
 
 

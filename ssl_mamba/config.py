@@ -31,8 +31,8 @@ class DataConfig:
     rotate_prob: float = 0.5  # P(rotation | no rot90+flip): 0.5 is the MU / old-SSL4MIS behaviour
     normalize: str = "none"  # none (as stored: the papers') | percentile (per slice, data/normalize.py)
     # [low, high]: each training image times a factor drawn log-uniformly from this range, after the
-    # geometric augmentation (e.g. [0.5, 1.0] when test volumes are darker than every labeled case:
-    # `ssl-mamba data info --intensity` suggests a range); null: off, as the papers
+    # geometric augmentation (when the labeled cases are brighter than much of the data: `ssl-mamba data
+    # info --intensity` suggests a range from the training images); null: off, as the papers
     intensity_scale: Optional[List[float]] = None
     num_workers: int = 2
 
@@ -284,6 +284,10 @@ def _check_intensity_scale(d: DataConfig, source: str) -> None:
     if d.augment == "none":
         raise ConfigError(f"{source}: 'data.intensity_scale' is set but data.augment is 'none'; it is part of the "
                           "augmentation: choose data.augment cpu or gpu")
+    if d.normalize != "none":
+        raise ConfigError(f"{source}: 'data.intensity_scale' with data.normalize {d.normalize!r} would train on "
+                          "intensities evaluation never shows (every slice is rescaled to its own range there): "
+                          "use one of the two")
 
 
 def validate(cfg: ExperimentConfig, source: str) -> None:

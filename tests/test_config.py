@@ -93,6 +93,8 @@ def test_intensity_scale_is_a_positive_range_and_needs_augmentation():
             load_config(None, [f"data.intensity_scale={bad}"])
     with pytest.raises(ConfigError, match="data.augment is 'none'.*choose data.augment cpu or gpu"):
         load_config(None, ["data.intensity_scale=[0.5, 1.0]", "data.augment=none"])
+    with pytest.raises(ConfigError, match="data.normalize 'percentile' would train on intensities evaluation never"):
+        load_config(None, ["data.intensity_scale=[0.5, 1.0]", "data.normalize=percentile"])
 
 
 def test_a_missing_config_names_the_closest_ones_beside_it():

@@ -145,10 +145,26 @@ def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_sev
     assert "patient075_frame01" not in darker  # a bright volume MT segmented well (0.92)
     assert "patient093_frame01" not in darker  # 0.60: below the darkest labeled case, not clearly
     assert [v for _, v in three["darker"]["test"]] == sorted(darker.values())  # darkest first
-    assert three["suggested_intensity_scale"] == [0.5, 1.0]  # patient007's 0.304 over patient050's 0.60
+    # from the training images alone: 5% of the 67 unlabeled cases are darker than 0.284, over the brightest
+    # labeled case (1.00)
+    assert three["unlabeled_quantile"] == pytest.approx(0.284, abs=0.005)
+    assert three["suggested_intensity_scale"] == [0.25, 1.0]
     seven = intensity_coverage(ACDC, 7, splits=("test",))
     assert min(seven["labeled"].values()) < 0.2 and seven["darker"]["test"] == []
     assert seven["suggested_intensity_scale"] is None
+
+
+def test_suggested_intensity_scale_reaches_the_unlabeled_quantile_from_the_brightest_labeled_case():
+    from ssl_mamba.data import suggest_intensity_scale
+
+    # 0.3 over the brightest labeled case 1.0 is 0.3 exactly, kept despite float rounding (0.3 / 0.05 = 5.999...)
+    assert suggest_intensity_scale([1.0, 0.8], [0.3] * 20) == [0.3, 1.0]
+    unlabeled = [0.14] + [0.3 + 0.01 * i for i in range(40)]  # one odd dark case among 41
+    assert suggest_intensity_scale([1.0, 0.8], unlabeled) == [0.3, 1.0]  # 5% quantile 0.31: not the odd 0.14
+    assert suggest_intensity_scale([0.5, 0.4], [0.1] * 5) == [0.2, 1.0]  # rounded down, from the brightest
+    assert suggest_intensity_scale([1.0], [0.001] * 5) == [0.05, 1.0]  # the floor
+    assert suggest_intensity_scale([1.0, 0.4], [0.33] * 5) is None  # covered: 0.33 >= 0.8 x 0.4
+    assert suggest_intensity_scale([1.0], []) is None  # fully supervised: no unlabeled cases
 
 
 def _scale_images(root, names, factor):
@@ -190,11 +206,9 @@ def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tm
     line = [row for row in result.output.splitlines() if row.startswith("test:")][0]
     assert line.startswith(f"test: 2 of {len(test)} volumes clearly darker than every labeled case")
     assert "data.normalize: percentile" in result.output
-    # the darkest labeled case scaled by the suggested low reaches the darkest flagged volume, 0.05 steps
-    low, high = coverage["suggested_intensity_scale"]
-    darkest_labeled, darkest_flagged = coverage["labeled"][dark_case], coverage["darker"]["test"][0][1]
-    assert high == 1.0 and low * darkest_labeled <= darkest_flagged < (low + 0.05) * darkest_labeled
-    assert f"data.intensity_scale: [{low:.2f}, 1.0] trains on copies as dark as the darkest of them" in result.output
+    # the unlabeled training cases are as bright as the labeled ones: no intensity range is suggested, however
+    # dark the evaluation volumes (they are never used to choose it)
+    assert coverage["suggested_intensity_scale"] is None and "intensity_scale" not in result.output
     report = json.loads(CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity",
                                                   "--json"]).output)
     assert report["intensity"]["darker"]["val"][0][0] == val[0]

@@ -77,15 +77,15 @@ def test_gpu_mode_augments_but_keeps_labels_valid(phantom):
     assert all(int(a.label.max()) <= 3 and int(a.label.min()) >= 0 for a in aug)
 
 
-@pytest.mark.parametrize("augment", ["cpu", "gpu"])
-def test_intensity_scale_darkens_each_image_by_its_own_factor_and_keeps_the_geometry(phantom, augment):
+@pytest.mark.parametrize("augment, workers", [("cpu", 0), ("cpu", 2), ("gpu", 0)])
+def test_intensity_scale_darkens_each_image_by_its_own_factor_and_keeps_the_geometry(phantom, augment, workers):
     """data.intensity_scale multiplies each training image by a log-uniform factor drawn after the
     geometric draws: the same rows, labels and geometry as without it, images scaled within the range,
     a different factor per image; [1, 1] changes nothing; the stream still resumes exactly."""
-    plain = _collect(_stream(phantom, augment), 4)
-    same = _collect(_stream(phantom, augment, intensity_scale=[1.0, 1.0]), 4)
+    plain = _collect(_stream(phantom, augment, workers), 4)
+    same = _collect(_stream(phantom, augment, workers, intensity_scale=[1.0, 1.0]), 4)
     assert _same(plain, same)
-    darker = _collect(_stream(phantom, augment, intensity_scale=[0.3, 0.9]), 4)
+    darker = _collect(_stream(phantom, augment, workers, intensity_scale=[0.3, 0.9]), 4)
     factors = []
     for p, d in zip(plain, darker):
         assert torch.equal(p.label, d.label) and torch.equal(p.indices, d.indices)
@@ -95,9 +95,9 @@ def test_intensity_scale_darkens_each_image_by_its_own_factor_and_keeps_the_geom
             assert bright.any() and torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)  # one factor
             factors.append(float(ratio[0]))
     assert 0.3 <= min(factors) and max(factors) <= 0.9 and len({round(f, 6) for f in factors}) == len(factors)
-    stream = _stream(phantom, augment, intensity_scale=[0.3, 0.9])
+    stream = _stream(phantom, augment, workers, intensity_scale=[0.3, 0.9])
     _collect(stream, 2)
-    resumed = _stream(phantom, augment, intensity_scale=[0.3, 0.9])
+    resumed = _stream(phantom, augment, workers, intensity_scale=[0.3, 0.9])
     resumed.load_state_dict(stream.state_dict())
     assert _same(_collect(resumed, 2), darker[2:])
 

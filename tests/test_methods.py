@@ -331,9 +331,9 @@ def test_normalized_diagnostics_differ_from_their_rows_in_the_normalisation_only
                                                                            row.eval), path.name
 
 
-def test_intensity_diagnostic_differs_from_its_row_in_the_training_intensities_only():
+def test_intensity_diagnostic_differs_from_its_row_in_the_training_intensities_only(acdc_root):
     """configs/diagnostics/acdc_mt_unet_3cases_intensity: the MT + UNet 3-case row trained on darker
-    copies (data.intensity_scale) and nothing else, in the range `data info --intensity` suggests."""
+    images (data.intensity_scale) and nothing else, in the range `data info --intensity` suggests."""
     from ssl_mamba.data import intensity_coverage
 
     row_of = lambda stem: stem.removeprefix("acdc_").removesuffix("_intensity")  # noqa: E731
@@ -342,10 +342,8 @@ def test_intensity_diagnostic_differs_from_its_row_in_the_training_intensities_o
         same_data = dataclasses.replace(cfg.data, intensity_scale=None)
         assert (same_data, cfg.model, cfg.method, cfg.train, cfg.eval) == (row.data, row.model, row.method, row.train,
                                                                            row.eval), path.name
-        acdc = REPO.parent / "shared" / "datasets" / "ACDC"
-        if (acdc / "test.list").is_file():
-            coverage = intensity_coverage(acdc, cfg.data.labeled_cases, splits=("test",))
-            assert cfg.data.intensity_scale == coverage["suggested_intensity_scale"], path.name
+        coverage = intensity_coverage(acdc_root, cfg.data.labeled_cases, splits=())
+        assert cfg.data.intensity_scale == coverage["suggested_intensity_scale"], path.name
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name != "acdc"],

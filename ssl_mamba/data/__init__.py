@@ -1,8 +1,8 @@
 """Data layer: datasets in the layouts users have, label-scarce splits, samplers, augmentation, packs."""
-from .augment import (batched_affine, cutout, gaussian_noise, intensity_jitter, random_generator, strong_view,
-                      weak_view)
+from .augment import (batched_affine, batched_intensity_scale, cutout, gaussian_noise, intensity_jitter,
+                      random_generator, random_intensity_scale, strong_view, weak_view)
 from .batch import Batch
-from .inspect import check_dataset, dataset_info, intensity_coverage
+from .inspect import check_dataset, dataset_info, intensity_coverage, suggest_intensity_scale
 from .normalize import NormalizedSource, normalized_source, percentile_rescale
 from .pack import PackSource, pack_dataset
 from .phantom import generate_phantom
@@ -15,7 +15,8 @@ __all__ = [
     "Batch", "SegmentationSource", "SSL4MISSource", "SynapseSource", "PackSource", "open_dataset", "case_of",
     "LabeledSplit", "make_split", "TwoStreamSampler", "ShuffleSampler", "SliceDataset", "TrainStream",
     "build_train_stream", "random_generator", "batched_affine", "intensity_jitter", "gaussian_noise", "cutout",
-    "weak_view", "strong_view", "pack_dataset", "dataset_info", "check_dataset", "intensity_coverage",
+    "weak_view", "strong_view", "random_intensity_scale", "batched_intensity_scale", "pack_dataset", "dataset_info",
+    "check_dataset", "intensity_coverage", "suggest_intensity_scale",
     "generate_phantom",
     "NormalizedSource", "normalized_source", "percentile_rescale",
 ]

@@ -64,7 +64,8 @@ def random_generator(image: np.ndarray, label: np.ndarray, size: Sequence[int], 
 
 
 def random_intensity_scale(image: np.ndarray, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
-    """The slice times a factor drawn log-uniformly from [low, high] (a darker or brighter copy)."""
+    """The slice times a factor drawn log-uniformly from [low, high]: the sample is replaced by a darker
+    (or brighter) version of itself, background zeros staying zero."""
     factor = math.exp(rng.uniform(math.log(low), math.log(high)))
     return (image * factor).astype(np.float32, copy=False)
 
@@ -139,9 +140,8 @@ def batched_affine(image: torch.Tensor, label: torch.Tensor, generator: torch.Ge
 def batched_intensity_scale(image: torch.Tensor, generator: torch.Generator, low: float,
                             high: float) -> torch.Tensor:
     """Each image of (N, 1, H, W) times its own factor drawn log-uniformly from [low, high]."""
-    like = torch.empty(0, dtype=torch.float64, device=image.device)  # the draws' device and precision
-    log_factor = _uniform((image.shape[0], 1, 1, 1), math.log(low), math.log(high), generator, like)
-    return (image * torch.exp(log_factor)).to(image.dtype)
+    log_factor = _uniform((image.shape[0], 1, 1, 1), math.log(low), math.log(high), generator, image)
+    return image * torch.exp(log_factor)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -123,20 +123,17 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
     bright voxels stores its tissue dark, and a network trained on a handful of bright labeled cases
     can miss it entirely (ACDC at 3 labeled cases: results/README.md, thirteenth session).  A coverage
     check, not a predictor: `data.normalize: percentile` is a remedy to try, or training on darker
-    copies (`data.intensity_scale`, the range suggested here).
+    copies (`data.intensity_scale`, with a range suggested from the training images alone: the
+    evaluation volumes are reported, never used to choose it).
 
     Returns {"labeled": {case: percentile}, "threshold": t, "volumes": {split: {volume: percentile}},
     "checked": {split: stored volumes read}, "not_stored": {split: listed volumes without a file},
     "darker": {split: [[volume, percentile], ...] darkest first},
-    "suggested_intensity_scale": [low, 1.0] reaching down to the darkest flagged volume, or None}."""
+    "unlabeled_quantile": the unlabeled training cases' `UNLABELED_QUANTILE` quantile (None without any),
+    "suggested_intensity_scale": `suggest_intensity_scale`'s [low, 1.0], or None}."""
     source = open_dataset(root)
     split = make_split(source, labeled_cases=labeled_cases)
-    names = source.train_slice_names
-    pooled: Dict[str, List[np.ndarray]] = {case: [] for case in split.labeled_cases}
-    for index in split.labeled_indices:
-        pooled[source.case_of(names[index])].append(source.read_slice(names[index])[0].ravel())
-    brightness = {case: _brightness(np.concatenate(parts), f"{source.root}: labeled case {case}")
-                  for case, parts in pooled.items()}
+    brightness = _case_brightness(source, split.labeled_indices, "labeled case")
     threshold = DARKER * min(brightness.values())
     report: dict = {"labeled": brightness, "threshold": threshold, "volumes": {}, "checked": {}, "not_stored": {},
                     "darker": {}}
@@ -148,15 +145,35 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
         report["checked"][name_split] = len(stored)
         report["not_stored"][name_split] = len(listed) - len(stored)
         report["darker"][name_split] = sorted((item for item in found if item[1] < threshold), key=lambda i: i[1])
-    report["suggested_intensity_scale"] = _scale_reaching(report["darker"], min(brightness.values()))
+    unlabeled = list(_case_brightness(source, split.unlabeled_indices, "unlabeled case").values())
+    report["unlabeled_quantile"] = float(np.quantile(unlabeled, UNLABELED_QUANTILE)) if unlabeled else None
+    report["suggested_intensity_scale"] = suggest_intensity_scale(list(brightness.values()), unlabeled)
     return report
 
 
-def _scale_reaching(darker: Dict[str, list], darkest_labeled: float) -> Optional[List[float]]:
-    """[low, 1.0] with low the darkest flagged volume over the darkest labeled case, rounded down to a
-    multiple of 0.05 (at least 0.05): scaled copies of the labeled cases then reach that dark."""
-    flagged = [value for items in darker.values() for _, value in items]
-    if not flagged:
+def _case_brightness(source: SegmentationSource, indices: List[int], what: str) -> Dict[str, float]:
+    """{case: 99.5th percentile of its training slices pooled} over the slices at `indices`."""
+    names = source.train_slice_names
+    pooled: Dict[str, List[np.ndarray]] = {}
+    for index in indices:
+        pooled.setdefault(source.case_of(names[index]), []).append(source.read_slice(names[index])[0].ravel())
+    return {case: _brightness(np.concatenate(parts), f"{source.root}: {what} {case}") for case, parts in pooled.items()}
+
+
+# The suggested range reaches all but the darkest 5% of the unlabeled cases, so one odd case does not set it.
+UNLABELED_QUANTILE = 0.05
+
+
+def suggest_intensity_scale(labeled: List[float], unlabeled: List[float]) -> Optional[List[float]]:
+    """A `data.intensity_scale` [low, 1.0] from the training images alone (the unlabeled cases are part of
+    every semi-supervised run's input; the evaluation volumes are not used): None when the unlabeled
+    cases' `UNLABELED_QUANTILE` quantile is not clearly darker (`DARKER`) than every labeled case.
+    Otherwise low is that quantile over the brightest labeled case, rounded down to a multiple of 0.05
+    (at least 0.05), so the darkest copies of every labeled case are at least as dark as it."""
+    if not unlabeled or not labeled:
         return None
-    low = math.floor(min(flagged) / darkest_labeled / 0.05 + 1e-9) * 0.05
+    target = float(np.quantile(unlabeled, UNLABELED_QUANTILE))
+    if target >= DARKER * min(labeled):
+        return None
+    low = math.floor(target / max(labeled) / 0.05 + 1e-9) * 0.05  # 1e-9: 0.3 / 0.05 is 5.999... in floats
     return [round(max(low, 0.05), 2), 1.0]
