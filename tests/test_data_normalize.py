@@ -133,7 +133,7 @@ def test_default_config_leaves_images_as_stored():
 
 
 @pytest.mark.skipif(not ACDC.is_dir(), reason="needs ../shared/datasets/ACDC")
-def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_seven_do_not():
+def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_seven_do_not(tmp_path):
     """The 3 labeled patients are all bright (99.5th percentile 0.60-1.00), so patient007 (0.31), which
     MT + UNet missed, is flagged (below 0.8 x 0.60); the 7 include two dark patients and flag nothing."""
     from ssl_mamba.data import intensity_coverage
@@ -148,7 +148,11 @@ def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_sev
     # from the training images alone: 5% of the 67 unlabeled cases are darker than 0.284, over the brightest
     # labeled case (1.00)
     assert three["unlabeled_quantile"] == pytest.approx(0.284, abs=0.005)
-    assert three["suggested_intensity_scale"] == [0.25, 1.0]
+    assert three["suggested_intensity_scale"] == [0.25, 1.0] and len(three["unlabeled"]) == 67
+    from ssl_mamba.metrics.figures import intensity_strip
+
+    drawn = intensity_strip(three, tmp_path / "coverage.png")  # with the unlabeled lane and the scale's bars
+    assert drawn.read_bytes()[:4] == b"\x89PNG"
     seven = intensity_coverage(ACDC, 7, splits=("test",))
     assert min(seven["labeled"].values()) < 0.2 and seven["darker"]["test"] == []
     assert seven["suggested_intensity_scale"] is None

@@ -129,7 +129,8 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
     Returns {"labeled": {case: percentile}, "threshold": t, "volumes": {split: {volume: percentile}},
     "checked": {split: stored volumes read}, "not_stored": {split: listed volumes without a file},
     "darker": {split: [[volume, percentile], ...] darkest first},
-    "unlabeled_quantile": the unlabeled training cases' `UNLABELED_QUANTILE` quantile (None without any),
+    "unlabeled": {case: percentile} of the unlabeled training cases,
+    "unlabeled_quantile": their `UNLABELED_QUANTILE` quantile (None without any),
     "suggested_intensity_scale": `suggest_intensity_scale`'s [low, 1.0], or None}."""
     source = open_dataset(root)
     split = make_split(source, labeled_cases=labeled_cases)
@@ -145,7 +146,8 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
         report["checked"][name_split] = len(stored)
         report["not_stored"][name_split] = len(listed) - len(stored)
         report["darker"][name_split] = sorted((item for item in found if item[1] < threshold), key=lambda i: i[1])
-    unlabeled = list(_case_brightness(source, split.unlabeled_indices, "unlabeled case").values())
+    report["unlabeled"] = _case_brightness(source, split.unlabeled_indices, "unlabeled case")
+    unlabeled = list(report["unlabeled"].values())
     report["unlabeled_quantile"] = float(np.quantile(unlabeled, UNLABELED_QUANTILE)) if unlabeled else None
     report["suggested_intensity_scale"] = suggest_intensity_scale(list(brightness.values()), unlabeled)
     return report

@@ -325,11 +325,15 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
 
 
 def intensity_strip(coverage: Dict[str, Any], path: PathLike, title: Optional[str] = None) -> Path:
-    """One lane per group (the labeled cases, then each evaluation split), a dot per case / volume at its
-    99.5th intensity percentile, the flagging threshold as a dashed line and the flagged volumes in
-    red: whether the labeled cases span the intensities the network is evaluated on.  `coverage` as
-    `data.intensity_coverage` returns it."""
-    lanes = [("labeled", coverage["labeled"])] + list(coverage["volumes"].items())
+    """One lane per group (the labeled cases, the unlabeled training cases, then each evaluation split), a
+    dot per case / volume at its 99.5th intensity percentile, the flagging threshold as a dashed line and
+    the flagged volumes in red: whether the labeled cases span the intensities the network is evaluated
+    on.  With a suggested `data.intensity_scale`, a bar from each labeled case down to its darkest scaled
+    version shows what the training images then cover.  `coverage` as `data.intensity_coverage` returns it."""
+    lanes = [("labeled", coverage["labeled"])]
+    if coverage.get("unlabeled"):
+        lanes.append(("unlabeled (training)", coverage["unlabeled"]))
+    lanes += list(coverage["volumes"].items())
     if not coverage["labeled"]:
         raise DataError("intensity_strip: no labeled case to compare with")
     plt = _pyplot()
@@ -341,6 +345,12 @@ def intensity_strip(coverage: Dict[str, Any], path: PathLike, title: Optional[st
             colour = CLASS_COLOURS[3] if lane == "labeled" else CLASS_COLOURS[1] if name in flagged else "grey"
             ax.plot([value], [row + rng.uniform(-0.18, 0.18)], "o", markersize=4, color=colour, alpha=0.8)
     ax.axvline(coverage["threshold"], color="black", linestyle="--", linewidth=0.8)
+    scale = coverage.get("suggested_intensity_scale")
+    if scale:
+        for index, value in enumerate(sorted(coverage["labeled"].values())):  # one bar per labeled case
+            ax.plot([value * scale[0], value * scale[1]], [0.25 + 0.08 * index] * 2, color=CLASS_COLOURS[3],
+                    linewidth=1.5, alpha=0.5)
+        ax.text(0.01, -0.25, f"bars: data.intensity_scale {scale}", fontsize=7, color=CLASS_COLOURS[3])
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels([f"{lane} ({len(values)})" for lane, values in lanes], fontsize=8)
     ax.invert_yaxis()
