@@ -32,9 +32,13 @@ def resume_config(run_dir: Path, overrides: List[str]) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
+def _network_names(cfg: ExperimentConfig) -> List[str]:
+    return [f"net{i + 1}" for i in range(len(cfg.model.networks))]
+
+
 def _checkpoints(run_dir: Path, cfg: ExperimentConfig, network: Optional[str]) -> Dict[str, Path]:
     """net name -> best checkpoint file, for every network of the run (or just `network`)."""
-    names = [f"net{i + 1}" for i in range(len(cfg.model.networks))]
+    names = _network_names(cfg)
     if network is not None:
         if network not in names:
             raise UserError(f"run {run_dir} has networks {', '.join(names)}; not {network!r}")
@@ -132,7 +136,8 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
     cfg = load_config(run_dir / "config.yaml")
     out = out or run_dir / "metrics" / split
     checkpoints = _checkpoints(run_dir, cfg, network)
-    primary = _primary_network(run_dir, list(checkpoints))
+    # chosen among all the run's networks, so evaluating one of them alone never relabels the run's row
+    primary = _primary_network(run_dir, [n for n in _network_names(cfg) if (run_dir / f"best_{n}.pth").is_file()])
     source, names = _open_split(cfg, split)
     lines = []
     for name, path in checkpoints.items():

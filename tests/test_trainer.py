@@ -312,6 +312,28 @@ def test_resume_names_real_config_changes_only(tmp_path, phantom_root, caplog):
     assert warned == ["resuming with a config that differs from the checkpoint's in: train.max_iterations"], warned
 
 
+def test_evaluating_one_network_of_a_run_never_changes_its_reported_row(tmp_path, phantom_root):
+    """The run's row (metrics/test/summary.json, what `table` reads) is the network with the best
+    validation Dice; `evaluate --network` of the other one writes that network's own report only."""
+    from ssl_mamba.runs import evaluate_run
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(phantom_root, networks=["test_unet", "test_unet"], max_iterations=2), run,
+            progress=False).fit()
+    summary = json.loads((run / "summary.json").read_text())
+    summary["best_val_dice"] = {"net1": 0.9, "net2": 0.1}  # net1 is the reported network
+    (run / "summary.json").write_text(json.dumps(summary))
+    lines = evaluate_run(run, "test", "net2", progress=False)
+    assert lines[0].startswith("net2 (test_unet): ") and "[reported]" not in lines[0]
+    assert (run / "metrics" / "test" / "net2" / "summary.json").is_file()
+    assert not (run / "metrics" / "test" / "summary.json").exists()
+    lines = evaluate_run(run, "test", "net1", progress=False)
+    assert lines[0].startswith("net1 (test_unet) [reported]: ")
+    top = json.loads((run / "metrics" / "test" / "summary.json").read_text())
+    assert top == json.loads((run / "metrics" / "test" / "net1" / "summary.json").read_text()) | {
+        "network": "net1", "model": "test_unet"}
+
+
 @pytest.mark.parametrize("nets", [["test_unet"], ["test_unet", "test_unet"]])
 def test_tiny_run_writes_every_file_and_best_reloads(tmp_path, phantom_root, nets):
     cfg = tiny_config(phantom_root, networks=nets)
