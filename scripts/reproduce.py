@@ -162,8 +162,25 @@ def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides
             cmd = train_command(processes, "train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
         run_child(cmd, log, env)
     if not (run_dir / "metrics" / "test" / "summary.json").is_file():
-        run_child(cli("evaluate", "--run", str(run_dir), "--split", "test"), log, env)
+        evaluate_on_test(run_dir, log, env)
     return run_dir
+
+
+def evaluate_on_test(run_dir: Path, log, env: Optional[dict]) -> None:
+    """`ssl-mamba evaluate` on the test split.  A row holding several GPUs and trained networks scores
+    them side by side, one network per GPU (`--network`; each writes its own report, and the reported
+    network the run's row as well), instead of one after the other on the first GPU."""
+    networks = sorted(path.stem[len("best_"):] for path in run_dir.glob("best_net*.pth"))
+    gpus = (env or {}).get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if len(networks) < 2 or len(gpus) < 2:
+        run_child(cli("evaluate", "--run", str(run_dir), "--split", "test"), log, env)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(networks)) as pool:
+        futures = [pool.submit(run_child, cli("evaluate", "--run", str(run_dir), "--split", "test", "--network", net),
+                               log, {**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]})
+                   for i, net in enumerate(networks)]
+        for future in futures:
+            future.result()
 
 
 class GpuSlots:

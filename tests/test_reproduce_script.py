@@ -275,8 +275,9 @@ def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchru
         reproduce.main(["run", "configs/acdc/fully_unet.yaml", "--gpus-per-row", "2"])
 
 
-def phantom_row(tmp_path, config, name: str, batch_size: int):
-    """A two-iteration supervised row on a small generated phantom, its config written to `config`."""
+def phantom_row(tmp_path, config, name: str, batch_size: int, method: str = "supervised",
+                networks=("test_unet",), labeled_batch_size=None):
+    """A two-iteration row (supervised by default) on a small generated phantom, its config written to `config`."""
     from ssl_mamba.data.phantom import generate_phantom
 
     data = tmp_path / "phantom"
@@ -285,25 +286,42 @@ def phantom_row(tmp_path, config, name: str, batch_size: int):
     config.write_text(json.dumps({
         "name": name, "data": {"dataset": "phantom", "root": str(data), "num_classes": 4, "patch_size": [32, 32],
                                "labeled_cases": 2, "num_workers": 0},
-        "model": {"networks": ["test_unet"], "scan_backend": "torch"},
-        "method": {"name": "supervised", "batch_size": batch_size},
+        "model": {"networks": list(networks), "scan_backend": "torch"},
+        "method": {"name": method, "batch_size": batch_size, "labeled_batch_size": labeled_batch_size},
         "train": {"max_iterations": 2, "val_every": 2, "checkpoint_every": 2, "device": "cpu", "log_images_every": 0}}))
     return config
 
 
 def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_path, monkeypatch, capsys):
     """The whole `run --gpus 2 --gpus-per-row 2` path on the CPU (torchrun, gloo): train on two
-    processes, evaluate, publish with processes = 2."""
-    config = phantom_row(tmp_path, tmp_path / "row.yaml", "ddp_row", batch_size=4)
+    processes, evaluate the two networks side by side (one per GPU), publish with processes = 2; the
+    row's report is its reported network's, each network has its own."""
+    config = phantom_row(tmp_path, tmp_path / "row.yaml", "ddp_row", batch_size=4, method="cross_teaching",
+                         networks=("test_unet", "test_unet"), labeled_batch_size=2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(reproduce, "pack_dtype", lambda root: None)
+    commands, run_child = [], reproduce.run_child
+
+    def recorded(cmd, log, env):
+        commands.append((cmd[3:], (env or {}).get("CUDA_VISIBLE_DEVICES")))
+        run_child(cmd, log, env)
+
+    monkeypatch.setattr(reproduce, "run_child", recorded)
     results = tmp_path / "results"
     reproduce.main(["run", str(config), "--gpus", "2", "--gpus-per-row", "2", "--runs", str(tmp_path / "runs"),
                     "--results", str(results), "--commit", "abc"])
     capsys.readouterr()
+    evaluations = sorted((cmd[-1], gpus) for cmd, gpus in commands if cmd[0] == "evaluate")
+    assert evaluations == [("net1", "0"), ("net2", "1")]  # side by side, one network per GPU
     prov = json.loads((results / "ddp_row" / "provenance.json").read_text())
     assert prov["processes"] == 2 and prov["concurrent_rows"] == 1
-    assert (results / "ddp_row" / "metrics" / "test" / "summary.json").is_file()
+    test = results / "ddp_row" / "metrics" / "test"
+    row = json.loads((test / "summary.json").read_text())
+    best = json.loads((tmp_path / "runs" / "ddp_row" / "summary.json").read_text())["best_val_dice"]
+    assert row["network"] == max((dice, net) for net, dice in best.items())[1]  # as one evaluate picks it
+    assert all((test / net / "summary.json").is_file() for net in ("net1", "net2"))
+    own = json.loads((test / row["network"] / "summary.json").read_text())
+    assert own["mean"] == row["mean"]
 
 
 def test_a_row_of_a_diagnostics_config_publishes_under_results_diagnostics(reproduce, tmp_path, monkeypatch,
