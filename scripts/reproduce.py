@@ -11,9 +11,9 @@
 
 `run` trains each row (`ssl-mamba train`, resuming a row whose run directory already has a
 checkpoint, so a run cut off by a time limit continues exactly), evaluates it on the test split
-(`ssl-mamba evaluate`), and copies the light files of the run (resolved config, split, logs,
-metrics, figures; no checkpoints) into `results/<row>/` with a provenance.json (commit, card,
-wall time, data pack dtype, iterations, whether the schedule was shortened, and source_sha256, a
+(`ssl-mamba evaluate`; a row on several GPUs scores its networks side by side, one per GPU), and
+copies the light files of the run (resolved config, split, logs, metrics, figures; no checkpoints)
+into `results/<row>/` with a provenance.json (commit, card, wall time, data pack dtype, iterations, whether the schedule was shortened, and source_sha256, a
 fingerprint of the code that ran: `python scripts/reproduce.py source-hash` prints the current
 checkout's; a run trained in several invocations, e.g. resumed in a later device session, also
 lists each segment's first iteration, commit and fingerprint, and says whether they differ).
@@ -29,6 +29,7 @@ import gzip
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -161,26 +162,53 @@ def _train_and_evaluate(config: Path, seed: Optional[int], runs: Path, overrides
         else:
             cmd = train_command(processes, "train", "-c", str(config), "--run-dir", str(run_dir), "--no-progress", *sets)
         run_child(cmd, log, env)
-    if not (run_dir / "metrics" / "test" / "summary.json").is_file():
-        evaluate_on_test(run_dir, log, env)
+    missing = unevaluated_networks(run_dir)
+    if missing:
+        evaluate_on_test(run_dir, missing, log, env)
     return run_dir
 
 
-def evaluate_on_test(run_dir: Path, log, env: Optional[dict]) -> None:
-    """`ssl-mamba evaluate` on the test split.  A row holding several GPUs and trained networks scores
-    them side by side, one network per GPU (`--network`; each writes its own report, and the reported
-    network the run's row as well), instead of one after the other on the first GPU."""
-    networks = sorted(path.stem[len("best_"):] for path in run_dir.glob("best_net*.pth"))
+def unevaluated_networks(run_dir: Path) -> List[str]:
+    """The run's trained networks (a best_<net>.pth) still without a test report, all of them while the
+    run's own report (its reported network's) is missing: a stop or failure between two networks'
+    evaluations is finished by the next invocation instead of publishing the row without one of them."""
+    from ssl_mamba.config import load_config
+
+    count = len(load_config(run_dir / "config.yaml").model.networks)
+    trained = [f"net{i + 1}" for i in range(count) if (run_dir / f"best_net{i + 1}.pth").is_file()]
+    test = run_dir / "metrics" / "test"
+    if not (test / "summary.json").is_file():
+        return trained
+    return [net for net in trained if count > 1 and not (test / net / "summary.json").is_file()]
+
+
+def evaluate_on_test(run_dir: Path, networks: List[str], log, env: Optional[dict]) -> None:
+    """`ssl-mamba evaluate --network` on the test split for each of `networks` (each writes its own
+    report, the reported network the run's row as well).  A row holding several GPUs scores them side by
+    side, one per GPU at a time, instead of one after the other on the first GPU."""
     gpus = (env or {}).get("CUDA_VISIBLE_DEVICES", "").split(",")
     if len(networks) < 2 or len(gpus) < 2:
-        run_child(cli("evaluate", "--run", str(run_dir), "--split", "test"), log, env)
+        for net in networks:
+            run_child(evaluate_command(run_dir, net), log, env)
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(networks)) as pool:
-        futures = [pool.submit(run_child, cli("evaluate", "--run", str(run_dir), "--split", "test", "--network", net),
-                               log, {**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]})
-                   for i, net in enumerate(networks)]
-        for future in futures:
+    free: "queue.Queue[str]" = queue.Queue()
+    for gpu in gpus:
+        free.put(gpu)
+
+    def on_a_free_gpu(net: str) -> None:
+        gpu = free.get()
+        try:
+            run_child(evaluate_command(run_dir, net), log, {**env, "CUDA_VISIBLE_DEVICES": gpu})
+        finally:
+            free.put(gpu)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(networks), len(gpus))) as pool:
+        for future in [pool.submit(on_a_free_gpu, net) for net in networks]:
             future.result()
+
+
+def evaluate_command(run_dir: Path, network: str) -> List[str]:
+    return cli("evaluate", "--run", str(run_dir), "--split", "test", "--network", network)
 
 
 class GpuSlots:

@@ -128,7 +128,9 @@ def _fit(cfg, run_dir: Path, resume: bool, progress: bool) -> dict:
 @main.command(context_settings=CONTEXT)
 @click.option("--run", "run_dir", type=str, help="A run directory written by `ssl-mamba train`.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]))
-@click.option("--network", default=None, help="Which trained network (net1, net2...); default: each one.")
+@click.option("--network", default=None, help="Which trained network (net1, net2...); default: each one.  The "
+              "run's own report (SPLIT/summary.json) is written only for its reported network (best validation "
+              "Dice).")
 @click.option("--checkpoint", type=str, help="Evaluate this checkpoint instead of a run (needs --config).")
 @click.option("-c", "--config", type=str, help="Experiment YAML describing the checkpoint's network and data.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")

@@ -127,8 +127,9 @@ def _figures(result, net, source, names, cfg: ExperimentConfig, figures_dir: Pat
 
 def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None,
                  progress: bool = True) -> List[str]:
-    """Evaluate every (or one) best checkpoint of a run; the primary network's report is also
-    written at the top of the output folder, where `ssl-mamba table` reads it."""
+    """Evaluate every (or one) best checkpoint of a run; the primary network's report (best validation
+    Dice among the run's networks with a checkpoint, whichever are evaluated now) is also written at the
+    top of the output folder, where `ssl-mamba table` reads it."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     from .metrics import lowest_cases, paper_row, write_reports

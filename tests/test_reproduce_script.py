@@ -324,6 +324,31 @@ def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_pa
     assert own["mean"] == row["mean"]
 
 
+def test_a_row_stopped_between_its_networks_evaluations_is_finished_before_it_publishes(reproduce, tmp_path):
+    """Each network writes its own test report and the reported one the run's row: a stop or failure
+    between them leaves a row whose other network is unevaluated, which the next invocation finishes
+    (rather than publishing the row without it); a run without its own report is evaluated whole."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({"model": {"networks": ["unet", "mamba_unet"]}}))
+    for net in ("net1", "net2"):
+        (run / f"best_{net}.pth").write_bytes(b"")
+    assert reproduce.unevaluated_networks(run) == ["net1", "net2"]
+    test = run / "metrics" / "test"
+    for report in ("summary.json", "net1/summary.json"):  # net1 reported and done, net2 stopped
+        (test / report).parent.mkdir(parents=True, exist_ok=True)
+        (test / report).write_text("{}")
+    assert reproduce.unevaluated_networks(run) == ["net2"]
+    (test / "net2").mkdir()
+    (test / "net2" / "summary.json").write_text("{}")
+    assert reproduce.unevaluated_networks(run) == []
+    (test / "summary.json").unlink()
+    assert reproduce.unevaluated_networks(run) == ["net1", "net2"]
+    (run / "config.yaml").write_text(json.dumps({"model": {"networks": ["unet"]}}))
+    (test / "summary.json").write_text("{}")  # one network: its report is the run's
+    assert reproduce.unevaluated_networks(run) == []
+
+
 def test_a_row_of_a_diagnostics_config_publishes_under_results_diagnostics(reproduce, tmp_path, monkeypatch,
                                                                             capsys):
     config = phantom_row(tmp_path, tmp_path / "configs" / "diagnostics" / "row.yaml", "diag_row", batch_size=2)

@@ -347,10 +347,12 @@ def intensity_strip(coverage: Dict[str, Any], path: PathLike, title: Optional[st
     ax.axvline(coverage["threshold"], color="black", linestyle="--", linewidth=0.8)
     scale = coverage.get("suggested_intensity_scale")
     if scale:
-        for index, value in enumerate(sorted(coverage["labeled"].values())):  # one bar per labeled case
-            ax.plot([value * scale[0], value * scale[1]], [0.25 + 0.08 * index] * 2, color=CLASS_COLOURS[3],
-                    linewidth=1.5, alpha=0.5)
-        ax.text(0.01, -0.25, f"bars: data.intensity_scale {scale}", fontsize=7, color=CLASS_COLOURS[3])
+        labeled = sorted(coverage["labeled"].values())
+        for index, value in enumerate(labeled):  # one bar per labeled case, between its lane and the next
+            ax.plot([value * scale[0], value * scale[1]], [0.25 + 0.5 * index / len(labeled)] * 2,
+                    color=CLASS_COLOURS[3], linewidth=1.5, alpha=0.5)
+        ax.text(0.005, 0.99, f"bars: data.intensity_scale {scale}", fontsize=7, color=CLASS_COLOURS[3],
+                transform=ax.transAxes, va="top")
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels([f"{lane} ({len(values)})" for lane, values in lanes], fontsize=8)
     ax.invert_yaxis()
