@@ -15,8 +15,9 @@ checkpoint, so a run cut off by a time limit continues exactly), evaluates it on
 copies the light files of the run (resolved config, split, logs, metrics, figures; no checkpoints)
 into `results/<row>/` with a provenance.json (commit, card, wall time, data pack dtype, iterations,
 whether the schedule was shortened, and source_sha256, a fingerprint of the code that ran:
-`python scripts/reproduce.py source-hash` prints the current checkout's; a run trained in several invocations, e.g. resumed in a later device session, also
-lists each segment's first iteration, commit and fingerprint, and says whether they differ).
+`python scripts/reproduce.py source-hash` prints the current checkout's; a run trained in several
+invocations, e.g. resumed in a later device session, also lists each segment's first iteration,
+commit and fingerprint, and says whether they differ).
 `table` regenerates the table in results/README.md from the committed `results/*/` folders
 alone, with the papers' numbers beside ours (`ssl-mamba table --compare paper`).  Rows of configs in a
 `diagnostics` folder (configs/diagnostics: runs that vary a paper row to find a cause) publish under
