@@ -329,6 +329,17 @@ def _validation_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_di
             seen["failure"] = None
         except UserError as exc:
             seen["failure"] = f"{type(exc).__name__}: {exc}"
+
+        def disk_full(net, path):
+            raise OSError(f"No space left on device: {Path(path).name}")
+
+        trainer.source.read_volume, trainer.best = original, {}  # an improvement: best_net1.pth is written
+        trainer_module.save_network = disk_full if rank == 0 else trainer_module.save_network
+        try:
+            trainer._validate()
+            seen["write_failure"] = None
+        except Exception as exc:  # rank 0: the OSError itself; rank 1: a UserError naming rank 0
+            seen["write_failure"] = f"{type(exc).__name__}: {exc}"
         Path(out_dir, f"validated_{rank}.json").write_text(th.json.dumps(seen))
         dist.barrier()
     finally:
@@ -339,8 +350,8 @@ def test_ranks_share_the_validation_volumes_and_agree_with_one_process(tmp_path,
     """Each rank predicts and scores every second validation volume (no rank idles while another
     validates); after sharing the scores every rank holds the one-process validation exactly, for
     both networks of cross teaching, and the same best; only rank 0 writes best_<net>.pth.  A volume
-    that fails on one rank fails the validation on both, each with the failing rank's error (no rank
-    is left waiting for the other)."""
+    that fails on one rank, or a best_<net>.pth rank 0 cannot write, fails the validation on both, each
+    with the failing rank's error (no rank is left waiting for the other)."""
     cfg = _config(tmp_path, phantom_root, "val", networks=["_test_plain", "_test_plain"], method="cross_teaching",
                   labeled_batch_size=2)
     mp.spawn(_validation_worker, args=(free_port(), cfg, str(tmp_path / "ddp"), str(tmp_path)), nprocs=WORLD,
@@ -357,6 +368,9 @@ def test_ranks_share_the_validation_volumes_and_agree_with_one_process(tmp_path,
     assert seen[0]["saved"] == ["best_net1.pth", "best_net2.pth"] and seen[1]["saved"] == []
     assert seen[1]["failure"] == f"DataError: {names[1]}: cannot read the volume"
     assert seen[0]["failure"] == f"UserError: validation of net1 failed on rank 1: {seen[1]['failure']}"
+    # rank 0 cannot write best_net1.pth (a full disk): both ranks stop there, rank 1 with rank 0's error
+    assert seen[0]["write_failure"] == "OSError: No space left on device: best_net1.pth"
+    assert seen[1]["write_failure"] == f"UserError: writing best_net1.pth failed on rank 0: {seen[0]['write_failure']}"
 
 
 def _fit_worker(rank: int, port: int, cfg_path: str, run_dir: str, out_dir: str) -> None:

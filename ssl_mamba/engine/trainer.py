@@ -366,9 +366,13 @@ class Trainer:
         tick = time.perf_counter()
         state = self.state_dict()
         ddp.check_replicas(self.method.modules, self.dist, self.iteration)
-        if self.dist.is_main:
-            save_checkpoint(state, self.run_dir / LAST)
+        self._write_on_main(lambda: save_checkpoint(state, self.run_dir / LAST), f"writing {LAST}")
         self.elapsed["checkpoint"] += time.perf_counter() - tick  # the last.pt just written holds the time before it
+
+    def _write_on_main(self, write, what: str) -> None:
+        """Rank 0 writes; every rank learns whether it could (a full disk on rank 0 fails every rank at
+        once, instead of leaving the others waiting in their next collective)."""
+        ddp.gather_results(lambda: write() if self.dist.is_main else None, self.dist, what)
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -614,8 +618,8 @@ class Trainer:
             best = self.best.get(name)
             if best is None or dice > best["dice"]:
                 self.best[name] = {"dice": dice, "iteration": self.iteration}
-                if self.dist.is_main:
-                    save_network(net, self.run_dir / f"best_{name}.pth")
+                self._write_on_main(lambda: save_network(net, self.run_dir / f"best_{name}.pth"),
+                                    f"writing best_{name}.pth")
             seconds = time.perf_counter() - tick
             self.elapsed["validation"] += seconds
             scalars[f"time/val_{name}_s"] = seconds
