@@ -209,7 +209,8 @@ def evaluate_on_test(run_dir: Path, networks: List[str], log, env: Optional[dict
 
 
 def evaluate_command(run_dir: Path, network: str) -> List[str]:
-    return cli("evaluate", "--run", str(run_dir), "--split", "test", "--network", network)
+    # no progress bar: side by side, two bars would interleave in the row's one log
+    return cli("evaluate", "--run", str(run_dir), "--split", "test", "--network", network, "--no-progress")
 
 
 class GpuSlots:

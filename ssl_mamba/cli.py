@@ -135,25 +135,27 @@ def _fit(cfg, run_dir: Path, resume: bool, progress: bool) -> dict:
 @click.option("-c", "--config", type=str, help="Experiment YAML describing the checkpoint's network and data.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
 @click.option("--out", type=str, help="Output folder (default: RUN/metrics/SPLIT).")
-def evaluate(run_dir, split, network, checkpoint, config, overrides, out) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs; results are printed as usual).")
+def evaluate(run_dir, split, network, checkpoint, config, overrides, out, no_progress) -> None:
     """Score the best checkpoint(s) on the test (or val) volumes: CSV per case and class, summary JSON, paper row."""
     if checkpoint:
         from .runs import evaluate_checkpoint
 
         cfg = _load(config, overrides)
         out_dir = Path(out) if out else Path(checkpoint).parent / "metrics" / split
-        row = evaluate_checkpoint(cfg, Path(checkpoint), split, out_dir)
+        row = evaluate_checkpoint(cfg, Path(checkpoint), split, out_dir, progress=not no_progress)
         click.echo(row)
         return
     if not run_dir:
         raise UserError("give --run RUN_DIR, or --checkpoint FILE with --config FILE")
-    _evaluate_run(Path(run_dir), split, network, Path(out) if out else None)
+    _evaluate_run(Path(run_dir), split, network, Path(out) if out else None, progress=not no_progress)
 
 
-def _evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None) -> None:
+def _evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None,
+                  progress: bool = True) -> None:
     from .runs import evaluate_run
 
-    for line in evaluate_run(run_dir, split, network, out):
+    for line in evaluate_run(run_dir, split, network, out, progress=progress):
         click.echo(line)
 
 

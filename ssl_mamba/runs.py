@@ -173,7 +173,8 @@ def _check_normalize_matches_run(cfg: ExperimentConfig, checkpoint: Path) -> Non
                         f"--set data.normalize={trained}, or evaluate the run with --run {checkpoint.parent}")
 
 
-def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: Path, split: str, out_dir: Path) -> str:
+def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: Path, split: str, out_dir: Path,
+                        progress: bool = True) -> str:
     """Evaluate a single checkpoint file (e.g. trained with the original code) with the config's first network."""
     from .metrics import paper_row
 
@@ -183,5 +184,5 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: Path, split: str, out
     net = _build_network(cfg, 0)
     _load_weights(net, checkpoint)
     source, names = _open_split(cfg, split)
-    result = _score(cfg, net, source, names, out_dir, figures_dir=None)
+    result = _score(cfg, net, source, names, out_dir, figures_dir=None, progress=progress)
     return paper_row(result.summary)

@@ -311,8 +311,10 @@ def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_pa
     reproduce.main(["run", str(config), "--gpus", "2", "--gpus-per-row", "2", "--runs", str(tmp_path / "runs"),
                     "--results", str(results), "--commit", "abc"])
     capsys.readouterr()
-    evaluations = sorted((cmd[-1], gpus) for cmd, gpus in commands if cmd[0] == "evaluate")
+    evaluations = sorted((cmd[cmd.index("--network") + 1], gpus) for cmd, gpus in commands if cmd[0] == "evaluate")
     assert evaluations == [("net1", "0"), ("net2", "1")]  # side by side, one network per GPU
+    log = (tmp_path / "runs" / "ddp_row.out").read_text()
+    assert "evaluate:" not in log and "net1 (test_unet)" in log  # results, no interleaved progress bars
     prov = json.loads((results / "ddp_row" / "provenance.json").read_text())
     assert prov["processes"] == 2 and prov["concurrent_rows"] == 1
     test = results / "ddp_row" / "metrics" / "test"
