@@ -176,10 +176,11 @@ def unevaluated_networks(run_dir: Path) -> List[str]:
     from ssl_mamba.config import load_config
 
     count = len(load_config(run_dir / "config.yaml").model.networks)
-    trained = [f"net{i + 1}" for i in range(count) if (run_dir / f"best_net{i + 1}.pth").is_file()]
+    names = [f"net{i + 1}" for i in range(count)]
+    trained = [net for net in names if (run_dir / f"best_{net}.pth").is_file()]
     test = run_dir / "metrics" / "test"
     if not (test / "summary.json").is_file():
-        return trained
+        return trained or names  # none trained: evaluate says which checkpoint is missing
     return [net for net in trained if count > 1 and not (test / net / "summary.json").is_file()]
 
 

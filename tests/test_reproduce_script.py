@@ -333,6 +333,7 @@ def test_a_row_stopped_between_its_networks_evaluations_is_finished_before_it_pu
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(json.dumps({"model": {"networks": ["unet", "mamba_unet"]}}))
+    assert reproduce.unevaluated_networks(run) == ["net1", "net2"]  # no checkpoint: evaluate names the missing one
     for net in ("net1", "net2"):
         (run / f"best_{net}.pth").write_bytes(b"")
     assert reproduce.unevaluated_networks(run) == ["net1", "net2"]
