@@ -174,14 +174,14 @@ def unevaluated_networks(run_dir: Path) -> List[str]:
     run's own report (its reported network's) is missing: a stop or failure between two networks'
     evaluations is finished by the next invocation instead of publishing the row without one of them."""
     from ssl_mamba.config import load_config
+    from ssl_mamba.runs import network_names, trained_networks
 
-    count = len(load_config(run_dir / "config.yaml").model.networks)
-    names = [f"net{i + 1}" for i in range(count)]
-    trained = [net for net in names if (run_dir / f"best_{net}.pth").is_file()]
+    cfg = load_config(run_dir / "config.yaml")
+    names, trained = network_names(cfg), trained_networks(run_dir, cfg)
     test = run_dir / "metrics" / "test"
     if not (test / "summary.json").is_file():
         return trained or names  # none trained: evaluate says which checkpoint is missing
-    return [net for net in trained if count > 1 and not (test / net / "summary.json").is_file()]
+    return [net for net in trained if len(names) > 1 and not (test / net / "summary.json").is_file()]
 
 
 def evaluate_on_test(run_dir: Path, networks: List[str], log, env: Optional[dict]) -> None:

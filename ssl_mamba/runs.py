@@ -32,13 +32,19 @@ def resume_config(run_dir: Path, overrides: List[str]) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
-def _network_names(cfg: ExperimentConfig) -> List[str]:
+def network_names(cfg: ExperimentConfig) -> List[str]:
+    """net1, net2...: one per network of the run's config, as the trainer names them."""
     return [f"net{i + 1}" for i in range(len(cfg.model.networks))]
+
+
+def trained_networks(run_dir: Path, cfg: ExperimentConfig) -> List[str]:
+    """The run's networks that have a best_<net>.pth."""
+    return [name for name in network_names(cfg) if (run_dir / f"best_{name}.pth").is_file()]
 
 
 def _checkpoints(run_dir: Path, cfg: ExperimentConfig, network: Optional[str]) -> Dict[str, Path]:
     """net name -> best checkpoint file, for every network of the run (or just `network`)."""
-    names = _network_names(cfg)
+    names = network_names(cfg)
     if network is not None:
         if network not in names:
             raise UserError(f"run {run_dir} has networks {', '.join(names)}; not {network!r}")
@@ -138,7 +144,7 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
     out = out or run_dir / "metrics" / split
     checkpoints = _checkpoints(run_dir, cfg, network)
     # chosen among all the run's networks, so evaluating one of them alone never relabels the run's row
-    primary = _primary_network(run_dir, [n for n in _network_names(cfg) if (run_dir / f"best_{n}.pth").is_file()])
+    primary = _primary_network(run_dir, trained_networks(run_dir, cfg))
     source, names = _open_split(cfg, split)
     lines = []
     for name, path in checkpoints.items():
