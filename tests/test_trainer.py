@@ -661,3 +661,19 @@ def test_eval_compile_off_cuda_fails_before_training(tmp_path, phantom_root):
     cfg.eval.compile = True
     with pytest.raises(ConfigError, match="eval.compile .* train.device resolves to cpu"):
         Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_compiled_block_counts_reach_train_log(tmp_path, phantom_root, monkeypatch):
+    """train.compile compiles at construction, before fit() opens train.log; the counts must still
+    land in the file (they were lost there, so a GPU test looking for them failed)."""
+    import ssl_mamba.models.compile as compile_module
+
+    monkeypatch.setattr(compile_module, "compile_blocks", lambda net, train=True, eval=False: 7)
+    cfg = tiny_config(phantom_root, max_iterations=2)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    # train.compile itself is refused off CUDA: switch it on only around the compile step
+    trainer.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=True))
+    trainer._compile_networks()
+    trainer.cfg = cfg
+    trainer.fit()
+    assert "compiled blocks per network {'net1': 7}" in (tmp_path / "run" / "train.log").read_text()

@@ -33,7 +33,7 @@ from ..utils.log import get_logger
 from . import distributed as ddp
 from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, save_network,
                          seed_everything)
-from .cuda_graphs import GraphedNetworks, graph_method
+from .cuda_graphs import GraphedNetworks
 from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
@@ -217,6 +217,7 @@ class Trainer:
                                          self.dist.rank, self.dist.world_size)
         self.graphs: Optional[GraphedNetworks] = None  # captured at the first iteration (train.cuda_graphs)
         self.eval_graphs: dict = {}  # eval network -> its EvalGraphs, grown at validations (eval.cuda_graphs)
+        self.compiled_blocks: Dict[str, int] = {}  # network -> blocks compiled (train.compile / eval.compile)
         self._configure_gpu_switches()
         self.stop_signal: Optional[signal.Signals] = None  # set by SIGTERM / SIGINT during fit()
         self.iteration = 0
@@ -273,9 +274,9 @@ class Trainer:
         t, e = self.cfg.train.compile, self.cfg.eval.compile
         students, validated = self.method.students(), self.method.eval_networks()
         networks = {**(students if t else {}), **(validated if e else {})}
-        counts = {name: compile_blocks(net, train=t and name in students, eval=e and name in validated)
-                  for name, net in networks.items()}
-        log.info("compiled blocks per network %s (compiling at first use)", counts)
+        # logged by _log_start: train.log opens in fit(), after construction
+        self.compiled_blocks = {name: compile_blocks(net, train=t and name in students, eval=e and name in validated)
+                                for name, net in networks.items()}
 
     def _eval_graphs(self, name: str, net: nn.Module):
         """The network's validation `metrics.graphs.EvalGraphs` (eval.cuda_graphs on CUDA), kept
@@ -290,11 +291,13 @@ class Trainer:
 
     def _capture_graphs(self, batch) -> GraphedNetworks:
         t = self.cfg.train
-        teachers = self.method.no_grad_networks()
-        log.info("capturing CUDA graphs of %s for input %s%s", ", ".join(self.method.students()),
-                 list(self.method.graph_input(batch).shape),
+        students, teachers = self.method.students(), self.method.no_grad_networks()
+        sample = self.method.graph_input(batch)  # once: the log and the capture share it
+        log.info("capturing CUDA graphs of %s for input %s%s", ", ".join(students), list(sample.shape),
                  f"; {', '.join(teachers)} replayed per input shape" if teachers else "")
-        return graph_method(self.method, batch, lambda: autocast_context(self.device, t.amp, cache=False))
+        # what graph_method builds, from the sample and teachers already in hand
+        return GraphedNetworks(students, sample, lambda: autocast_context(self.device, t.amp, cache=False),
+                               no_grad=teachers)
 
     def _labeled_batch_size(self) -> int:
         m = self.cfg.method
@@ -432,6 +435,8 @@ class Trainer:
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
         if self.resume:
             self._warn_unrecorded_options()
+        if self.compiled_blocks:
+            log.info("compiled blocks per network %s (compiling at first use)", self.compiled_blocks)
         if self.dist.enabled:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
