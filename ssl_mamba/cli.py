@@ -171,19 +171,20 @@ def _evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Option
 @click.option("--figure", type=str, help="Also draw ours against the papers' Dice, one line per row, into this PNG.")
 def table(run_dirs, fmt, compare, split, out, figure) -> None:
     """Assemble evaluated runs into a paper-style table (mean ± std over seeds of one configuration)."""
-    from .metrics.figures import paper_comparison_of_runs
-    from .metrics.table import build_table
+    from .metrics.figures import paper_comparison_of_groups
+    from .metrics.table import collect_runs, format_table
     from .utils.io import atomic_write_text
 
     missing = [d for d in run_dirs if not Path(d).is_dir()]
     if missing:
         raise UserError(f"run directory not found: {missing[0]}")
-    text = build_table([Path(d) for d in run_dirs], fmt=fmt, compare=compare, split=split)
+    groups = collect_runs([Path(d) for d in run_dirs], split)  # read once, for the table and the figure
+    text = format_table(groups, fmt=fmt, compare=compare)
     click.echo(text)
     if out:
         atomic_write_text(Path(out), text + "\n")
     if figure:
-        drawn = paper_comparison_of_runs(run_dirs, Path(figure), split)
+        drawn = paper_comparison_of_groups(groups, Path(figure))
         click.echo(f"figure: {drawn}" if drawn else "no figure: no run has a published Dice to compare with")
 
 

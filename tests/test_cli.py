@@ -183,11 +183,18 @@ def test_cases_refuses_runs_scored_on_different_volumes(tmp_path):
                           "two runs share the label")
 
 
-def test_table_draws_the_paper_comparison_on_request(tmp_path):
+def test_table_draws_the_paper_comparison_on_request(tmp_path, monkeypatch):
+    """The table and its figure come from one read of each run directory."""
     from pathlib import Path
 
+    from ssl_mamba.metrics import table
+
+    reads = []
+    read_run = table._read_run
+    monkeypatch.setattr(table, "_read_run", lambda run_dir, split: reads.append(run_dir) or read_run(run_dir, split))
     committed = Path(__file__).resolve().parents[1] / "results" / "acdc_fully_unet"
     out = tmp_path / "gap.png"
     result = invoke("table", str(committed), "--compare", "paper", "--figure", str(out))
     assert result.exit_code == 0 and "| supervised (unet), all labeled | ours |" in result.output, result.output
     assert f"figure: {out}" in result.output and out.read_bytes()[:4] == b"\x89PNG"
+    assert reads == [committed]

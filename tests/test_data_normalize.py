@@ -133,7 +133,7 @@ def test_default_config_leaves_images_as_stored():
 
 
 @pytest.mark.skipif(not ACDC.is_dir(), reason="needs ../shared/datasets/ACDC")
-def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_seven_do_not(tmp_path):
+def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_seven_do_not(tmp_path, monkeypatch):
     """The 3 labeled patients are all bright (99.5th percentile 0.60-1.00), so patient007 (0.31), which
     MT + UNet missed, is flagged (below 0.8 x 0.60); the 7 include two dark patients and flag nothing."""
     from ssl_mamba.data import intensity_coverage
@@ -149,13 +149,59 @@ def test_real_acdc_three_labeled_cases_leave_dark_test_volumes_uncovered_and_sev
     # labeled case (1.00)
     assert three["unlabeled_quantile"] == pytest.approx(0.284, abs=0.005)
     assert three["suggested_intensity_scale"] == [0.25, 1.0] and len(three["unlabeled"]) == 67
-    from ssl_mamba.metrics.figures import intensity_strip
-
-    drawn = intensity_strip(three, tmp_path / "coverage.png")  # with the unlabeled lane and the scale's bars
-    assert drawn.read_bytes()[:4] == b"\x89PNG"
+    ax = _drawn_strip(monkeypatch, three, tmp_path / "coverage.png")
+    assert sorted(_lane_dots(ax, "unlabeled (training)")) == pytest.approx(sorted(three["unlabeled"].values()))
+    bars = _bars(ax)  # [0.25, 1.0]: from each labeled case down to a quarter of it
+    assert len(bars) == 3 and np.allclose(bars, sorted((v * 0.25, v) for v in three["labeled"].values()))
     seven = intensity_coverage(ACDC, 7, splits=("test",))
     assert min(seven["labeled"].values()) < 0.2 and seven["darker"]["test"] == []
     assert seven["suggested_intensity_scale"] is None
+
+
+def _catch_axes(monkeypatch):
+    """A list that gets the axes of each figure drawn from now on, caught on their way to the file (still
+    written as before): a picture's content is checked on its artists, not its pixels."""
+    from ssl_mamba.metrics import figures
+
+    caught = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, where: caught.append(fig.axes[0]) or save(fig, where))
+    return caught
+
+
+def _drawn_strip(monkeypatch, coverage, path):
+    from ssl_mamba.metrics.figures import intensity_strip
+
+    caught = _catch_axes(monkeypatch)
+    assert intensity_strip(coverage, path).read_bytes()[:4] == b"\x89PNG"
+    return caught[-1]
+
+
+def _lane_dots(ax, lane):
+    """The x of each dot drawn in the lane whose tick reads '<lane> (<count>)' (dots jitter by < 0.25)."""
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    rows = [row for row, text in enumerate(ticks) if text.startswith(f"{lane} (")]
+    assert len(rows) == 1, f"no lane {lane!r} among {ticks}"
+    return [float(line.get_xdata()[0]) for line in ax.lines
+            if line.get_marker() == "o" and abs(float(line.get_ydata()[0]) - rows[0]) < 0.25]
+
+
+def _bars(ax):
+    """(low, high) of each horizontal two-point line: the scale's bars (the threshold line is vertical)."""
+    return sorted((float(x[0]), float(x[1])) for x, y in ((line.get_xdata(), line.get_ydata()) for line in ax.lines)
+                  if len(x) == 2 and y[0] == y[1] and x[0] != x[1])
+
+
+def test_intensity_strip_draws_the_unlabeled_lane_and_a_bar_per_labeled_case(tmp_path, monkeypatch):
+    coverage = {"labeled": {"p1": 0.9, "p2": 0.6}, "unlabeled": {"p3": 0.3, "p4": 0.5, "p5": 0.8},
+                "volumes": {"test": {"v1": 0.2, "v2": 0.7}}, "darker": {"test": [("v1", 0.2)]},
+                "threshold": 0.48, "suggested_intensity_scale": [0.3, 1.0]}
+    ax = _drawn_strip(monkeypatch, coverage, tmp_path / "strip.png")
+    assert sorted(_lane_dots(ax, "unlabeled (training)")) == [0.3, 0.5, 0.8]
+    bars = _bars(ax)  # from each labeled case down to its darkest scaled version
+    assert len(bars) == 2 and np.allclose(bars, [(0.6 * 0.3, 0.6), (0.9 * 0.3, 0.9)])
+    ax = _drawn_strip(monkeypatch, {**coverage, "suggested_intensity_scale": None}, tmp_path / "none.png")
+    assert _bars(ax) == []
 
 
 def test_suggested_intensity_scale_reaches_the_unlabeled_quantile_from_the_brightest_labeled_case():
@@ -180,7 +226,7 @@ def _scale_images(root, names, factor):
             f["image"][...] = f["image"][()] * factor
 
 
-def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tmp_path):
+def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tmp_path, monkeypatch):
     """A phantom with one labeled case darkened to 0.5x: the threshold follows the darkest labeled case
     (0.8 x its 99.5th percentile), so a volume at 0.6x is covered and volumes at 0.2x / 0.3x are not."""
     import json
@@ -220,9 +266,13 @@ def test_data_info_names_volumes_clearly_darker_than_the_darkest_labeled_case(tm
     assert refused.exit_code == 2 and "give --labeled-cases N" in refused.output
     assert sorted(coverage["volumes"]["test"]) == sorted(test)  # every checked volume, for the figure
     png = tmp_path / "coverage.png"
+    caught = _catch_axes(monkeypatch)
     drawn = CliRunner().invoke(main, ["data", "info", str(root), "--labeled-cases", "2", "--intensity",
                                       "--figure", str(png)])
     assert f"figure: {png}" in drawn.output and png.read_bytes()[:4] == b"\x89PNG"
+    dots = _lane_dots(caught[0], "unlabeled (training)")
+    assert sorted(dots) == pytest.approx(sorted(coverage["unlabeled"].values()))
+    assert _bars(caught[0]) == []  # no scale suggested: no bars
     refused = CliRunner().invoke(main, ["data", "info", str(root), "--figure", str(png)])
     assert refused.exit_code == 2 and "give --intensity too" in refused.output
 

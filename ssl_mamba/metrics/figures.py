@@ -394,13 +394,20 @@ def paper_comparison_of_runs(run_dirs: Sequence[PathLike], path: PathLike, split
     file, when no run has a published counterpart.  A row is drawn hollow when its `provenance.json`
     (written by scripts/reproduce.py) says its schedule was shortened.  Each row is named by its paper row,
     or by our label where two of our configurations meet one paper row within the same labeled data."""
-    from .table import paper_pairs
+    from .table import collect_runs
+
+    return paper_comparison_of_groups(collect_runs([Path(d) for d in run_dirs], split), path)
+
+
+def paper_comparison_of_groups(groups: List[Dict[str, Any]], path: PathLike) -> Optional[Path]:
+    """`paper_comparison_of_runs` of runs already read by `metrics.table.collect_runs`."""
+    from .table import pairs_of_groups
 
     def shortened(runs: Sequence[Path]) -> bool:
         return any(json.loads((r / "provenance.json").read_text()).get("shortened", False)
                    for r in runs if (r / "provenance.json").is_file())
 
-    pairs = paper_pairs([Path(d) for d in run_dirs], split)
+    pairs = pairs_of_groups(groups)
     keys = [(p["paper_label"], p["labeled"]) for p in pairs]
     repeated = {key for key in keys if keys.count(key) > 1}
     points = [{"paper": p["paper"], "ours": p["ours"], "group": p["labeled"], "shortened": shortened(p["runs"]),

@@ -1,6 +1,7 @@
 """Paper-style tables from evaluated run directories.
 
-For each run directory `build_table` reads exactly two files:
+For each run directory `collect_runs` (which `build_table` and `paper_pairs` call, and which the
+`table` command calls once for both) reads exactly two files:
 
 - `<run>/config.yaml` (the resolved config the trainer saved; loaded with `load_config`);
 - `<run>/metrics/<split>/summary.json` (written by `write_reports`; its "mean" row is used).
@@ -127,7 +128,9 @@ def _disambiguate(groups: List[Dict[str, Any]]) -> None:
             group["label"] += " [" + ", ".join(f"{k}={flat.get(k)}" for k in differing) + "]"
 
 
-def _collect(run_dirs: Sequence[Path], split: str) -> List[Dict[str, Any]]:
+def collect_runs(run_dirs: Sequence[Path], split: str = "test") -> List[Dict[str, Any]]:
+    """The runs, each read once, grouped by configuration in the order first seen: what
+    `format_table` and `pairs_of_groups` take, so a table and its figure share one read."""
     groups: Dict[str, Dict[str, Any]] = {}
     for run_dir in run_dirs:
         cfg, mean = _read_run(Path(run_dir), split)
@@ -168,17 +171,27 @@ def _render(rows: List[List[str]], fmt: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def build_table(run_dirs: Sequence[Path], fmt: str = "markdown", compare: Optional[str] = None,
-                split: str = "test") -> str:
-    """One row per configuration (seeds pooled), in the order first seen; see the module docstring."""
+def _check_options(fmt: str, compare: Optional[str]) -> None:
     if fmt not in FORMATS:
         raise UserError(f"table format {fmt!r} is not one of {', '.join(FORMATS)}")
     if compare not in (None, "paper"):
         raise UserError(f"--compare {compare!r}: only 'paper' is supported")
+
+
+def build_table(run_dirs: Sequence[Path], fmt: str = "markdown", compare: Optional[str] = None,
+                split: str = "test") -> str:
+    """One row per configuration (seeds pooled), in the order first seen; see the module docstring."""
+    _check_options(fmt, compare)  # before any run is read: a bad option is named even when a run is bad too
     if not run_dirs:
         raise UserError("build_table needs at least one run directory")
+    return format_table(collect_runs(run_dirs, split), fmt, compare)
+
+
+def format_table(groups: List[Dict[str, Any]], fmt: str = "markdown", compare: Optional[str] = None) -> str:
+    """`build_table` of runs already read by `collect_runs`."""
+    _check_options(fmt, compare)
     rows: List[List[str]] = []
-    for group in _collect(run_dirs, split):
+    for group in groups:
         rows.append(_our_row(group, fmt))
         if compare == "paper":
             rows.extend(_paper_rows(group["cfg"]))
@@ -189,8 +202,13 @@ def paper_pairs(run_dirs: Sequence[Path], split: str = "test", metric: str = "di
     """Our `metric` per configuration (mean over its runs) beside its first published row, for a
     figure of ours against the papers: [{"label", "paper_label", "ours", "paper", "labeled", "runs"}] in
     table order ("labeled": `labeled_data`); configurations without a published value are left out."""
+    return pairs_of_groups(collect_runs(run_dirs, split), metric)
+
+
+def pairs_of_groups(groups: List[Dict[str, Any]], metric: str = "dice") -> List[Dict[str, Any]]:
+    """`paper_pairs` of runs already read by `collect_runs`."""
     pairs = []
-    for group in _collect(run_dirs, split):
+    for group in groups:
         published = [r for r in published_rows(group["cfg"]) if metric in r.metrics]
         ours, _ = _mean_std([m.get(metric) for m in group["means"]])
         if published and not math.isnan(ours):
