@@ -299,21 +299,25 @@ def test_configs_exist_for_every_paper_row():
 def _diagnostics_beside_rows(pattern: str, row_of, count: int = 2) -> list:
     """[(path, config, its paper row's config)] for the configs/diagnostics files matching `pattern`,
     checked to be `count` (e.g. 3 and 7 cases), marked as no paper row and named after their file;
-    `row_of(stem)` is the row's config name under configs/acdc."""
+    `row_of(stem)` is the row's config name under configs/acdc, or (a diagnostic varying another
+    diagnostic) under configs/diagnostics as acdc_<name>."""
     paths = [p for p in DIAGNOSTICS if p.match(pattern)]
     assert len(paths) == count, paths
     out = []
     for path in paths:
         cfg = load_config(path)
         assert path.read_text().startswith("# Not a paper row") and cfg.name == path.stem
-        out.append((path, cfg, load_config(REPO / "configs" / "acdc" / f"{row_of(path.stem)}.yaml")))
+        row = REPO / "configs" / "acdc" / f"{row_of(path.stem)}.yaml"
+        if not row.is_file():
+            row = REPO / "configs" / "diagnostics" / f"acdc_{row_of(path.stem)}.yaml"
+        out.append((path, cfg, load_config(row)))
     return out
 
 
 def test_supervised_diagnostics_train_exactly_the_semi_rows_supervised_half():
     """configs/diagnostics/<dataset>_supervised_unet_<N>cases: the UNet semi rows minus their unlabeled
     loss, so the labeled cases, schedule, optimiser and labeled rows per batch must be the semi row's."""
-    for path, cfg, semi in _diagnostics_beside_rows("acdc_supervised_unet_*.yaml",
+    for path, cfg, semi in _diagnostics_beside_rows("acdc_supervised_unet_?cases.yaml",
                                                     lambda stem: f"mt_unet_{stem.split('_')[-1]}"):
         assert cfg.method.name == "supervised" and cfg.model.networks == semi.model.networks
         assert cfg.method.batch_size == semi.method.labeled_batch_size and cfg.method.labeled_batch_size is None
@@ -332,12 +336,13 @@ def test_normalized_diagnostics_differ_from_their_rows_in_the_normalisation_only
 
 
 def test_intensity_diagnostic_differs_from_its_row_in_the_training_intensities_only(acdc_root):
-    """configs/diagnostics/acdc_mt_unet_3cases_intensity: the MT + UNet 3-case row trained on darker
-    images (data.intensity_scale) and nothing else, in the range `data info --intensity` suggests."""
+    """configs/diagnostics/acdc_<row>_intensity (MT + UNet, Semi-Mamba-UNet and the supervised half at 3
+    cases): the row trained on darker images (data.intensity_scale) and nothing else, in the range
+    `data info --intensity` suggests."""
     from ssl_mamba.data import intensity_coverage
 
     row_of = lambda stem: stem.removeprefix("acdc_").removesuffix("_intensity")  # noqa: E731
-    for path, cfg, row in _diagnostics_beside_rows("*_intensity.yaml", row_of, count=1):
+    for path, cfg, row in _diagnostics_beside_rows("*_intensity.yaml", row_of, count=3):
         assert cfg.data.intensity_scale and row.data.intensity_scale is None
         same_data = dataclasses.replace(cfg.data, intensity_scale=None)
         assert (same_data, cfg.model, cfg.method, cfg.train, cfg.eval) == (row.data, row.model, row.method, row.train,
