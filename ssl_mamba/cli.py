@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import click
 
@@ -133,7 +133,9 @@ def _fit(cfg, run_dir: Path, resume: bool, progress: bool) -> dict:
               "Dice).")
 @click.option("--checkpoint", type=str, help="Evaluate this checkpoint instead of a run (needs --config).")
 @click.option("-c", "--config", type=str, help="Experiment YAML describing the checkpoint's network and data.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config value.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config value (with --run: eval.* and data.root only, e.g. "
+              "eval.postprocess=largest_component; give --out to keep the run's own report).")
 @click.option("--out", type=str, help="Output folder (default: RUN/metrics/SPLIT).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs; results are printed as usual).")
 def evaluate(run_dir, split, network, checkpoint, config, overrides, out, no_progress) -> None:
@@ -148,14 +150,15 @@ def evaluate(run_dir, split, network, checkpoint, config, overrides, out, no_pro
         return
     if not run_dir:
         raise UserError("give --run RUN_DIR, or --checkpoint FILE with --config FILE")
-    _evaluate_run(Path(run_dir), split, network, Path(out) if out else None, progress=not no_progress)
+    _evaluate_run(Path(run_dir), split, network, Path(out) if out else None, progress=not no_progress,
+                  overrides=overrides)
 
 
 def _evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None,
-                  progress: bool = True) -> None:
+                  progress: bool = True, overrides: Sequence[str] = ()) -> None:
     from .runs import evaluate_run
 
-    for line in evaluate_run(run_dir, split, network, out, progress=progress):
+    for line in evaluate_run(run_dir, split, network, out, progress=progress, overrides=overrides):
         click.echo(line)
 
 

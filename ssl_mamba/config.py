@@ -100,12 +100,18 @@ class TrainConfig:
     sync_bn: bool = False
 
 
+POSTPROCESSING = ("none", "largest_component")  # eval.postprocess (metrics/postprocess.py)
+
+
 @dataclass
 class EvalConfig:
     interp_order: int = 0  # 0 = nearest, as the originals; 1 = bilinear
     tta_flip: bool = False
     empty_policy: str = "original"  # original (Dice 0 / HD95 0) | nan | worst
     asd_mode: str = "symmetric"  # symmetric (paper Eq. 9) | medpy_asd | assd
+    # none (the papers: the raw argmax) | largest_component (each foreground class keeps its largest 3-D
+    # connected component; metrics/postprocess.py).  Applies to validation and test alike.
+    postprocess: str = "none"
     spacing: Optional[List[float]] = None  # voxel spacing (mm); null = unit spacing, as the papers
     val_split: str = "val"
     # CUDA only: validation during training replays each network's forward from CUDA graphs, one per
@@ -301,6 +307,7 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
     _check_choice(t.on_nonfinite, ("stop", "skip"), "train.on_nonfinite", source)
     _check_choice(e.empty_policy, ("original", "nan", "worst"), "eval.empty_policy", source)
     _check_choice(e.asd_mode, ("symmetric", "medpy_asd", "assd"), "eval.asd_mode", source)
+    _check_choice(e.postprocess, POSTPROCESSING, "eval.postprocess", source)
     _check_intensity_scale(d, source)
     if len(d.patch_size) != 2 or min(d.patch_size) <= 0:
         raise ConfigError(f"{source}: 'data.patch_size' must be two positive ints, got {d.patch_size}")

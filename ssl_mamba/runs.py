@@ -6,7 +6,7 @@ the trainer's files, and is what `ssl-mamba evaluate` and the demo call.
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .config import ExperimentConfig, load_config
 from .errors import UserError
@@ -132,15 +132,17 @@ def _figures(result, net, source, names, cfg: ExperimentConfig, figures_dir: Pat
 
 
 def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optional[Path] = None,
-                 progress: bool = True) -> List[str]:
+                 progress: bool = True, overrides: Sequence[str] = ()) -> List[str]:
     """Evaluate every (or one) best checkpoint of a run; the primary network's report (best validation
     Dice among the run's networks with a checkpoint, whichever are evaluated now) is also written at the
-    top of the output folder, where `ssl-mamba table` reads it."""
+    top of the output folder, where `ssl-mamba table` reads it.  `overrides` (`--set`) may change how it
+    is evaluated (eval.*) and where its data lives (data.root), nothing the networks were trained with."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     from .metrics import lowest_cases, paper_row, write_reports
 
-    cfg = load_config(run_dir / "config.yaml")
+    _check_evaluation_overrides(run_dir, overrides)
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
     out = out or run_dir / "metrics" / split
     checkpoints = _checkpoints(run_dir, cfg, network)
     # chosen among all the run's networks, so evaluating one of them alone never relabels the run's row
@@ -164,6 +166,14 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
         training_curves(run_dir, run_dir / "figures" / "training_curves.png")
     lines.append(f"reports: {out}; figures: {run_dir / 'figures'}")
     return lines
+
+
+def _check_evaluation_overrides(run_dir: Path, overrides: Sequence[str]) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not (key.startswith("eval.") or key == "data.root"):
+            raise UserError(f"--set {item}: evaluating a run can change eval.* and data.root only; the rest of "
+                            f"{run_dir / 'config.yaml'} is what its networks were trained with")
 
 
 def _check_normalize_matches_run(cfg: ExperimentConfig, checkpoint: Path) -> None:

@@ -677,3 +677,22 @@ def test_compiled_block_counts_reach_train_log(tmp_path, phantom_root, monkeypat
     trainer.cfg = cfg
     trainer.fit()
     assert "compiled blocks per network {'net1': 7}" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_evaluate_run_applies_eval_overrides_and_refuses_training_keys(tmp_path, phantom_root):
+    """`ssl-mamba evaluate --run R --set eval.X=...` evaluates with the override (it used to be ignored
+    silently); keys the networks were trained with are refused, naming the key."""
+    from click.testing import CliRunner
+
+    from ssl_mamba.cli import main
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(phantom_root, max_iterations=2), run, progress=False).fit()
+    out = tmp_path / "lcc"
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--no-progress", "--out", str(out),
+                                       "--set", "eval.postprocess=largest_component"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["settings"]["postprocess"] == "largest_component"
+    assert not (run / "metrics" / "test").exists()  # the run's own report stays as it was
+    refused = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--set", "model.widths=[4, 8]"])
+    assert refused.exit_code != 0 and "--set model.widths=[4, 8]: evaluating a run can change eval.*" in refused.output

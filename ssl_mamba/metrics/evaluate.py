@@ -18,6 +18,7 @@ from torch import nn
 from ..config import EvalConfig, to_dict
 from .case import METRIC_NAMES, case_metrics, slice_dice
 from .inference import check_patch_size, predict_volume
+from .postprocess import postprocess
 
 
 def nanmean(values: Sequence[float]) -> float:
@@ -108,7 +109,8 @@ def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_clas
                      graphs=None, threads: int = METRIC_THREADS) -> EvalResult:
     """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`.
 
-    eval_cfg: interp_order and tta_flip (inference), empty_policy and asd_mode (metrics), spacing
+    eval_cfg: interp_order and tta_flip (inference), postprocess (of each predicted volume), empty_policy
+    and asd_mode (metrics), spacing
     (one value per axis of the (S, H, W) volume, e.g. [10, 1.5, 1.5]; null = unit, as the papers).
     device: where the slices go (None: the network's device).  progress: a tqdm bar over volumes.
     graphs: an `EvalGraphs` of `net`, kept by the caller across calls (validation during training).
@@ -122,6 +124,7 @@ def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_clas
 
         iterator = tqdm(names, desc="evaluate", unit="vol", leave=False)
     def score(pred: np.ndarray, label: np.ndarray):
+        pred = postprocess(pred, num_classes, eval_cfg.postprocess)  # here: in the scoring threads
         return (case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode),
                 slice_dice(pred, label, num_classes))
 

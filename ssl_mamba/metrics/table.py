@@ -11,11 +11,13 @@ written, its seed, the device/worker placement and how often it writes checkpoin
 none changes what is trained) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
 shows the plain value.  The row label is built from the config: method, networks, labeled data (and
-`data.normalize` when it is not "none", `data.intensity_scale` when set).
+`data.normalize` when it is not "none", `data.intensity_scale` when set, and the test evaluation's
+`eval.postprocess`, read from its summary, when it is not "none").
 With `compare="paper"` each of our rows is followed by every matching published row from
 `ssl_mamba.paper_tables` (matched on dataset, method, sorted networks and labeled cases).
 """
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -50,10 +52,15 @@ def _read_run(run_dir: Path, split: str) -> Tuple[ExperimentConfig, Dict[str, Op
         raise DataError(f"{run_dir} is not a run directory: {config_path.name} is missing")
     summary_path = report_path(run_dir, split, "summary.json")
     try:
-        mean = json.loads(summary_path.read_text())["mean"]
+        summary = json.loads(summary_path.read_text())
+        mean = summary["mean"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{summary_path}: not a summary written by ssl-mamba (no 'mean' object)") from None
-    return load_config(config_path), mean
+    cfg = load_config(config_path)
+    # rows are labeled and grouped by how their numbers were made: an evaluation run with another
+    # eval.postprocess than the training config's is the evaluation's (summary settings)
+    post = summary.get("settings", {}).get("postprocess", "none")
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, postprocess=post)), mean
 
 
 def _group_key(cfg: ExperimentConfig) -> str:
@@ -75,23 +82,27 @@ def labeled_data(cfg: ExperimentConfig) -> str:
 
 def row_label(cfg: ExperimentConfig) -> str:
     """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'.  A run that rescales its images
-    (`data.normalize`, `data.intensity_scale`) says so, since otherwise it reads exactly like the row it varies."""
+    (`data.normalize`, `data.intensity_scale`) or post-processes its predictions (`eval.postprocess`) says so,
+    since otherwise it reads exactly like the row it varies."""
     label = f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
     if cfg.data.normalize != "none":
         label += f", {cfg.data.normalize}-normalised slices"
     if cfg.data.intensity_scale:
         low, high = cfg.data.intensity_scale
         label += f", intensities scaled by {low:g}-{high:g}"
+    if cfg.eval.postprocess != "none":
+        label += f", scored after {cfg.eval.postprocess.replace('_', ' ')}"
     return label
 
 
 def published_rows(cfg: ExperimentConfig) -> list:
     """The papers' rows for this experiment.  The papers label by cases (or everything) and read the
     images as stored: a run that chose its labeled data by slices or by fraction, or rescaled its
-    images (data.normalize, data.intensity_scale), has no published counterpart."""
+    images (data.normalize, data.intensity_scale) or post-processed its predictions (eval.postprocess), has no
+    published counterpart."""
     if cfg.data.labeled_slices is not None or cfg.data.labeled_fraction is not None:
         return []
-    if cfg.data.normalize != "none" or cfg.data.intensity_scale:
+    if cfg.data.normalize != "none" or cfg.data.intensity_scale or cfg.eval.postprocess != "none":
         return []
     return find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
 
