@@ -532,8 +532,8 @@ def command_collect(args: argparse.Namespace) -> None:
 
 
 def command_table(args: argparse.Namespace) -> None:
-    from ssl_mamba.metrics.figures import paper_comparison_of_runs
-    from ssl_mamba.metrics.table import build_table
+    from ssl_mamba.metrics.figures import paper_comparison_of_groups
+    from ssl_mamba.metrics.table import collect_runs, format_table
     from ssl_mamba.utils.io import atomic_write_text
 
     results = Path(args.results)
@@ -541,7 +541,8 @@ def command_table(args: argparse.Namespace) -> None:
                   if not p.name.startswith(".") and (p / "metrics" / "test" / "summary.json").is_file())
     if not rows:
         raise SystemExit(f"no evaluated runs under {results}")
-    table = build_table(rows, fmt="markdown", compare="paper", split="test") + "\n\n" + provenance_table(rows)
+    groups = collect_runs(rows, "test")  # read once, for the table and the figure
+    table = format_table(groups, fmt="markdown", compare="paper") + "\n\n" + provenance_table(rows)
     readme = results / "README.md"
     title = "Diagnostics" if results.name == DIAGNOSTICS else "Results"
     text = readme.read_text() if readme.is_file() else f"# {title}\n\n{BEGIN}\n{END}\n"
@@ -551,7 +552,7 @@ def command_table(args: argparse.Namespace) -> None:
     tail = rest.split(END, 1)[1]
     atomic_write_text(readme, f"{head}{BEGIN}\n{table}\n{END}{tail}")
     print(table)
-    figure = paper_comparison_of_runs(rows, results / FIGURE)
+    figure = paper_comparison_of_groups(groups, results / FIGURE)
     print(f"figure: {figure}" if figure else "no figure: no row has a published Dice to compare with")
 
 
