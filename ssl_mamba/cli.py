@@ -96,7 +96,7 @@ def _load(config: Optional[str], overrides: List[str]):
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 def train(config, overrides, resume_dir, run_dir, then_evaluate, no_progress) -> None:
     """Train one experiment; writes config, split, logs, TensorBoard events and checkpoints to the run dir."""
-    from .runs import new_run_dir, resume_config
+    from .runs import changes_evaluation_only, new_run_dir, resume_config
 
     if resume_dir:
         cfg, directory = resume_config(Path(resume_dir), list(overrides)), Path(resume_dir)
@@ -111,7 +111,9 @@ def train(config, overrides, resume_dir, run_dir, then_evaluate, no_progress) ->
     click.echo(f"run directory: {directory}")
     click.echo(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}))
     if then_evaluate:
-        _evaluate_run(directory, "test", network=None)
+        # a resumed run's config.yaml is the one it began with: its eval.* / data.root overrides (say, the
+        # data moved) apply to the test evaluation too (a new run's are in its config.yaml already)
+        _evaluate_run(directory, "test", network=None, overrides=[o for o in overrides if changes_evaluation_only(o)])
 
 
 def _fit(cfg, run_dir: Path, resume: bool, progress: bool) -> dict:
@@ -135,7 +137,7 @@ def _fit(cfg, run_dir: Path, resume: bool, progress: bool) -> dict:
 @click.option("-c", "--config", type=str, help="Experiment YAML describing the checkpoint's network and data.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config value (with --run: eval.* and data.root only, e.g. "
-              "eval.postprocess=largest_component; give --out to keep the run's own report).")
+              "eval.postprocess=largest_component; give --out to keep the run's own report and figures).")
 @click.option("--out", type=str, help="Output folder (default: RUN/metrics/SPLIT).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs; results are printed as usual).")
 def evaluate(run_dir, split, network, checkpoint, config, overrides, out, no_progress) -> None:

@@ -143,6 +143,9 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
 
     _check_evaluation_overrides(run_dir, overrides)
     cfg = load_config(run_dir / "config.yaml", list(overrides))
+    # an evaluation written elsewhere (--out, e.g. with other eval settings) keeps its figures beside it:
+    # the run's own figures/<split> are those of its own report
+    figures_root = out / "figures" if out else run_dir / "figures" / split
     out = out or run_dir / "metrics" / split
     checkpoints = _checkpoints(run_dir, cfg, network)
     # chosen among all the run's networks, so evaluating one of them alone never relabels the run's row
@@ -153,8 +156,7 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
         index = int(name[3:]) - 1  # net1 -> model.networks[0]
         net = _build_network(cfg, index)
         _load_weights(net, path)
-        figures_dir = run_dir / "figures" / split / name
-        result = _score(cfg, net, source, names, out / name, figures_dir, progress)
+        result = _score(cfg, net, source, names, out / name, figures_root / name, progress)
         if name == primary:
             write_reports(result, out, extra={"network": name, "model": cfg.model.networks[index]})
         lines.append(f"{name} ({cfg.model.networks[index]}){' [reported]' if name == primary else ''}: "
@@ -164,14 +166,20 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
         from .metrics.figures import training_curves
 
         training_curves(run_dir, run_dir / "figures" / "training_curves.png")
-    lines.append(f"reports: {out}; figures: {run_dir / 'figures'}")
+    lines.append(f"reports: {out}; figures: {figures_root}")
     return lines
+
+
+def changes_evaluation_only(override: str) -> bool:
+    """Whether a `--set` override changes how a trained run is evaluated (eval.*) or where its data lives
+    (data.root), and nothing its networks were trained with."""
+    key = override.split("=", 1)[0].strip()
+    return key.startswith("eval.") or key == "data.root"
 
 
 def _check_evaluation_overrides(run_dir: Path, overrides: Sequence[str]) -> None:
     for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if not (key.startswith("eval.") or key == "data.root"):
+        if not changes_evaluation_only(item):
             raise UserError(f"--set {item}: evaluating a run can change eval.* and data.root only; the rest of "
                             f"{run_dir / 'config.yaml'} is what its networks were trained with")
 

@@ -116,3 +116,53 @@ def test_table_labels_a_post_processed_evaluation_and_gives_it_no_paper_row(tmp_
     assert [line.split(" | ")[:3] for line in lines] == [
         ["| supervised (unet), all labeled", "ours", "1"], ["|   UNet", "P-MU Table 1", ""],
         ["| supervised (unet), all labeled, scored after largest component", "ours", "1"]]
+
+
+def _committed_run_evaluated(tmp_path, name, settings="absent"):
+    """A copy of results/acdc_fully_unet whose test summary has `settings` ("absent": no "settings" at all)."""
+    committed = Path(__file__).resolve().parents[1] / "results" / "acdc_fully_unet"
+    run = tmp_path / name
+    (run / "metrics" / "test").mkdir(parents=True)
+    (run / "config.yaml").write_text((committed / "config.yaml").read_text())
+    summary = json.loads((committed / "metrics" / "test" / "summary.json").read_text())
+    summary.pop("settings", None)
+    if settings != "absent":
+        summary["settings"] = settings
+    (run / "metrics" / "test" / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_table_groups_by_every_eval_setting_the_evaluation_scored_with(tmp_path):
+    """`evaluate --run --set eval.tta_flip=true` (or another interp_order, spacing...) changes the numbers as
+    much as post-processing does: such a summary is not pooled with the run scored as configured.  A summary
+    without settings (or with settings null) is the config's."""
+    from ssl_mamba.metrics.table import build_table
+
+    runs = [_committed_run_evaluated(tmp_path, "plain", {"tta_flip": False}),
+            _committed_run_evaluated(tmp_path, "old"),
+            _committed_run_evaluated(tmp_path, "null", None),
+            _committed_run_evaluated(tmp_path, "tta", {"tta_flip": True})]
+    lines = [line.split(" | ")[:3] for line in build_table(runs).splitlines()[2:]]
+    assert lines == [["| supervised (unet), all labeled [eval.tta_flip=False]", "ours", "3"],
+                     ["| supervised (unet), all labeled [eval.tta_flip=True]", "ours", "1"]]
+
+
+def test_overlay_figure_shows_the_prediction_as_it_is_scored(tmp_path, monkeypatch):
+    """With eval.postprocess the overlays draw the post-processed prediction, the one the scores and the
+    Dice histogram beside them come from (the island is gone on the drawn slice)."""
+    from ssl_mamba.metrics import figures
+
+    label = np.zeros((2, 32, 32), np.uint8)
+    label[:, 4:12, 4:12] = 1
+    image = label.astype(np.float32) / (K - 1)
+    image[0, 24:30, 24:30] = 1 / (K - 1)  # an island of class 1 on the drawn slice (the first of two alike)
+    drawn = []
+    monkeypatch.setattr(figures, "overlay_panels", lambda samples, path, titles: drawn.append(samples) or path)
+    for post in ("none", "largest_component"):
+        cfg = load_config(overrides=[f"eval.postprocess={post}", "data.patch_size=[32, 32]",
+                                     f"data.num_classes={K}"])
+        figures.overlay_figure(LabelEchoNet(), DictSource({"v": (image, label)}), ["v"], cfg, tmp_path / "o.png",
+                               torch.device("cpu"))
+    (_, _, raw), = drawn[0]
+    (_, _, cleaned), = drawn[1]
+    assert (raw == 1).sum() == (cleaned == 1).sum() + 36

@@ -696,3 +696,37 @@ def test_evaluate_run_applies_eval_overrides_and_refuses_training_keys(tmp_path,
     assert not (run / "metrics" / "test").exists()  # the run's own report stays as it was
     refused = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--set", "model.widths=[4, 8]"])
     assert refused.exit_code != 0 and "--set model.widths=[4, 8]: evaluating a run can change eval.*" in refused.output
+
+
+def test_evaluate_run_with_out_leaves_the_runs_own_figures(tmp_path, phantom_root):
+    """An evaluation written elsewhere (--out, here with post-processing) draws its figures beside its
+    report: the run's figures/test (its dice histogram, of its own report) are not replaced."""
+    from click.testing import CliRunner
+
+    from ssl_mamba.cli import main
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(phantom_root, max_iterations=2), run, progress=False).fit()
+    out = tmp_path / "lcc"
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--no-progress", "--out", str(out),
+                                       "--set", "eval.postprocess=largest_component"])
+    assert result.exit_code == 0, result.output
+    assert not (run / "figures" / "test").exists()
+    assert (out / "figures" / "net1" / "overlays.png").is_file() and f"figures: {out / 'figures'}" in result.output
+
+
+def test_train_resume_with_evaluate_applies_the_eval_overrides(tmp_path, phantom_root):
+    """`train --resume RUN --set eval.X=... --evaluate`: config.yaml is the run's first one, so the test
+    evaluation must be given the eval overrides (the training keys among them stay with training)."""
+    from click.testing import CliRunner
+
+    from ssl_mamba.cli import main
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(phantom_root, max_iterations=2), run, progress=False).fit()
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--no-progress", "--evaluate",
+                                       "--set", "train.log_images_every=0",
+                                       "--set", "eval.postprocess=largest_component"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((run / "metrics" / "test" / "summary.json").read_text())["settings"]
+    assert settings["postprocess"] == "largest_component"

@@ -102,10 +102,11 @@ class GraphedNetworks:
         net.forward = guarded_forward
 
 
-def graph_method(method, batch, autocast_ctx, teachers: bool = True) -> GraphedNetworks:
-    """train.cuda_graphs for a method: its students captured for `method.graph_input(batch)`, and (with
-    `teachers`) its no-grad networks replayed per input shape."""
-    return GraphedNetworks(method.students(), method.graph_input(batch), autocast_ctx,
+def graph_method(method, batch, autocast_ctx, teachers: bool = True, sample=None) -> GraphedNetworks:
+    """train.cuda_graphs for a method: its students captured for `method.graph_input(batch)` (or `sample`,
+    when the caller has it already), and (with `teachers`) its no-grad networks replayed per input shape."""
+    sample = method.graph_input(batch) if sample is None else sample
+    return GraphedNetworks(method.students(), sample, autocast_ctx,
                            no_grad=method.no_grad_networks() if teachers else None)
 
 

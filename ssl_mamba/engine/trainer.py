@@ -33,7 +33,7 @@ from ..utils.log import get_logger
 from . import distributed as ddp
 from .checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, save_network,
                          seed_everything)
-from .cuda_graphs import GraphedNetworks
+from .cuda_graphs import GraphedNetworks, graph_method
 from .method import METHODS, Method
 from .optim import build_all, set_lr
 from .run_log import RunLogger
@@ -295,9 +295,8 @@ class Trainer:
         sample = self.method.graph_input(batch)  # once: the log and the capture share it
         log.info("capturing CUDA graphs of %s for input %s%s", ", ".join(students), list(sample.shape),
                  f"; {', '.join(teachers)} replayed per input shape" if teachers else "")
-        # what graph_method builds, from the sample and teachers already in hand
-        return GraphedNetworks(students, sample, lambda: autocast_context(self.device, t.amp, cache=False),
-                               no_grad=teachers)
+        return graph_method(self.method, batch, lambda: autocast_context(self.device, t.amp, cache=False),
+                            sample=sample)
 
     def _labeled_batch_size(self) -> int:
         m = self.cfg.method

@@ -125,14 +125,17 @@ def foreground_crop(image: np.ndarray, label: np.ndarray, pred: np.ndarray, marg
 
 
 def overlay_figure(net: Any, source: Any, names: Sequence[str], cfg: Any, path: PathLike, device: Any = None) -> Path:
-    """Predict each volume in `names` (with cfg.data.patch_size and cfg.eval's resize/TTA) and draw
-    its slice with the most labelled foreground, cropped to it (`foreground_crop`)."""
+    """Predict each volume in `names` (with cfg.data.patch_size and cfg.eval's resize/TTA), post-process it
+    as it is scored (cfg.eval.postprocess, on the whole volume) and draw its slice with the most labelled
+    foreground, cropped to it (`foreground_crop`)."""
     from .inference import predict_volume
+    from .postprocess import postprocess
 
     samples, titles = [], []
     for name in names:
         image, label = source.read_volume(name)
         pred = predict_volume(net, image, cfg.data.patch_size, cfg.eval.interp_order, cfg.eval.tta_flip, device)
+        pred = postprocess(pred, cfg.data.num_classes, cfg.eval.postprocess)
         s = _richest_slice(label)
         samples.append(foreground_crop(image[s], label[s], pred[s]))
         titles.append(f"{name} slice {s}")

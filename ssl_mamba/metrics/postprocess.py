@@ -1,9 +1,11 @@
 """Post-processing of predicted label volumes before they are scored (`eval.postprocess`).
 
 The papers score the raw argmax ("none", the default).  "largest_component" keeps, for each
-foreground class, only its largest 3-D connected component (face connectivity, so slices join only
-through overlapping pixels) and sets the rest of that class to background, as MONAI's
-KeepLargestConnectedComponent and nnU-Net's post-processing do.  Each ACDC structure (RV, myocardium,
+foreground class, only its largest 3-D connected component (face connectivity, scipy's default, so
+slices join only through overlapping pixels) and sets the rest of that class to background: the step of
+MONAI's KeepLargestConnectedComponent (whose default is full, 26-neighbour connectivity: it keeps
+diagonal contacts together, so this removes a little more) and of nnU-Net's post-processing (which keeps
+it per class only where it helped on validation).  Each ACDC structure (RV, myocardium,
 LV) is one connected object, so a second component is a false positive; removing such far-off
 islands is what lowers HD95 most.
 """

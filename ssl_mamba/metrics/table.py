@@ -11,8 +11,9 @@ written, its seed, the device/worker placement and how often it writes checkpoin
 none changes what is trained) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
 shows the plain value.  The row label is built from the config: method, networks, labeled data (and
-`data.normalize` when it is not "none", `data.intensity_scale` when set, and the test evaluation's
-`eval.postprocess`, read from its summary, when it is not "none").
+`data.normalize` when it is not "none", `data.intensity_scale` when set, and `eval.postprocess` when
+it is not "none").  The eval settings that change the scores (`SCORING_SETTINGS`) are the evaluation's,
+read from the summary's "settings", where `evaluate --run --set eval.X=...` may have changed them.
 With `compare="paper"` each of our rows is followed by every matching published row from
 `ssl_mamba.paper_tables` (matched on dataset, method, sorted networks and labeled cases).
 """
@@ -34,6 +35,9 @@ IGNORED_KEYS = ("name", "output_dir", "train.seed", "train.device", "data.num_wo
                 "train.log_images_every")
 HEADER = ("Method", "Source", "n", "Dice", "IoU", "Acc", "Pre", "Sen", "Spe", "HD95", "ASD")
 FORMATS = ("markdown", "latex", "csv")
+# the eval.* settings that change the scores (not only how fast they come): a summary's values of these
+# replace its run config's, so a run scored again with other ones is a row of its own
+SCORING_SETTINGS = ("interp_order", "tta_flip", "postprocess", "empty_policy", "asd_mode", "spacing")
 
 
 def _flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -57,10 +61,12 @@ def _read_run(run_dir: Path, split: str) -> Tuple[ExperimentConfig, Dict[str, Op
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{summary_path}: not a summary written by ssl-mamba (no 'mean' object)") from None
     cfg = load_config(config_path)
-    # rows are labeled and grouped by how their numbers were made: an evaluation run with another
-    # eval.postprocess than the training config's is the evaluation's (summary settings)
-    post = summary.get("settings", {}).get("postprocess", "none")
-    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, postprocess=post)), mean
+    # rows are labeled and grouped by how their numbers were made: `evaluate --run --set eval.X=...` scores
+    # with other settings than the training config's, and its summary records them (an older summary
+    # lacks some, or all: those are the config's)
+    settings = summary.get("settings")
+    made = {k: settings[k] for k in SCORING_SETTINGS if k in settings} if isinstance(settings, dict) else {}
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **made)), mean
 
 
 def _group_key(cfg: ExperimentConfig) -> str:
