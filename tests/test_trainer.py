@@ -679,9 +679,10 @@ def test_compiled_block_counts_reach_train_log(tmp_path, phantom_root, monkeypat
     assert "compiled blocks per network {'net1': 7}" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_evaluate_run_applies_eval_overrides_and_refuses_training_keys(tmp_path, phantom_root):
-    """`ssl-mamba evaluate --run R --set eval.X=...` evaluates with the override (it used to be ignored
-    silently); keys the networks were trained with are refused, naming the key."""
+def test_evaluate_run_applies_eval_overrides_keeps_the_runs_report_and_refuses_training_keys(tmp_path, phantom_root):
+    """`ssl-mamba evaluate --run R --set eval.X=... --out O` evaluates with the override (it used to be ignored
+    silently) and writes report and figures to O: the run's own report and figures/test stay as they were.
+    Keys the networks were trained with are refused, naming the key."""
     from click.testing import CliRunner
 
     from ssl_mamba.cli import main
@@ -693,26 +694,10 @@ def test_evaluate_run_applies_eval_overrides_and_refuses_training_keys(tmp_path,
                                        "--set", "eval.postprocess=largest_component"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["settings"]["postprocess"] == "largest_component"
-    assert not (run / "metrics" / "test").exists()  # the run's own report stays as it was
+    assert not (run / "metrics" / "test").exists() and not (run / "figures" / "test").exists()
+    assert (out / "figures" / "net1" / "overlays.png").is_file() and f"figures: {out / 'figures'}" in result.output
     refused = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--set", "model.widths=[4, 8]"])
     assert refused.exit_code != 0 and "--set model.widths=[4, 8]: evaluating a run can change eval.*" in refused.output
-
-
-def test_evaluate_run_with_out_leaves_the_runs_own_figures(tmp_path, phantom_root):
-    """An evaluation written elsewhere (--out, here with post-processing) draws its figures beside its
-    report: the run's figures/test (its dice histogram, of its own report) are not replaced."""
-    from click.testing import CliRunner
-
-    from ssl_mamba.cli import main
-
-    run = tmp_path / "run"
-    Trainer(tiny_config(phantom_root, max_iterations=2), run, progress=False).fit()
-    out = tmp_path / "lcc"
-    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--no-progress", "--out", str(out),
-                                       "--set", "eval.postprocess=largest_component"])
-    assert result.exit_code == 0, result.output
-    assert not (run / "figures" / "test").exists()
-    assert (out / "figures" / "net1" / "overlays.png").is_file() and f"figures: {out / 'figures'}" in result.output
 
 
 def test_train_resume_with_evaluate_applies_the_eval_overrides(tmp_path, phantom_root):
