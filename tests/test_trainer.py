@@ -715,3 +715,24 @@ def test_train_resume_with_evaluate_applies_the_eval_overrides(tmp_path, phantom
     assert result.exit_code == 0, result.output
     settings = json.loads((run / "metrics" / "test" / "summary.json").read_text())["settings"]
     assert settings["postprocess"] == "largest_component"
+
+
+def test_start_hints_at_intensity_scale_when_labeled_cases_are_all_bright(tmp_path, phantom_root, acdc_root, caplog):
+    """ACDC at 3 labeled cases: all three are brighter than the darkest unlabeled training cases, and the
+    run's start says so with `data info --intensity`'s range (MT + UNet missed such volumes); not when the
+    images are already rescaled, and not on a phantom whose cases are alike."""
+    def hints(cfg, name):
+        trainer = Trainer(cfg, tmp_path / name, progress=False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ssl_mamba"):
+            trainer._hint_intensity_scale()
+        return [r.getMessage() for r in caplog.records if "data.intensity_scale" in r.getMessage()]
+
+    acdc = tiny_config(acdc_root)
+    acdc = dataclasses.replace(acdc, data=dataclasses.replace(acdc.data, dataset="acdc", labeled_cases=3))
+    (hint,) = hints(acdc, "bright")
+    assert "the 3 labeled cases (99.5th intensity percentile 0.60-1.00)" in hint and "(0.28)" in hint
+    assert "consider data.intensity_scale: [0.25, 1.0]" in hint and "--labeled-cases 3 --intensity" in hint
+    scaled = dataclasses.replace(acdc, data=dataclasses.replace(acdc.data, intensity_scale=[0.25, 1.0]))
+    assert hints(scaled, "scaled") == []
+    assert hints(tiny_config(phantom_root), "phantom") == []

@@ -2,7 +2,7 @@
 from .augment import (batched_affine, batched_intensity_scale, cutout, gaussian_noise, intensity_jitter,
                       random_generator, random_intensity_scale, strong_view, weak_view)
 from .batch import Batch
-from .inspect import check_dataset, dataset_info, intensity_coverage, suggest_intensity_scale
+from .inspect import check_dataset, dataset_info, intensity_coverage, suggest_intensity_scale, training_intensities
 from .normalize import NormalizedSource, normalized_source, percentile_rescale
 from .pack import PackSource, pack_dataset
 from .phantom import generate_phantom
@@ -16,7 +16,7 @@ __all__ = [
     "LabeledSplit", "make_split", "TwoStreamSampler", "ShuffleSampler", "SliceDataset", "TrainStream",
     "build_train_stream", "random_generator", "batched_affine", "intensity_jitter", "gaussian_noise", "cutout",
     "weak_view", "strong_view", "random_intensity_scale", "batched_intensity_scale", "pack_dataset", "dataset_info",
-    "check_dataset", "intensity_coverage", "suggest_intensity_scale",
+    "check_dataset", "intensity_coverage", "suggest_intensity_scale", "training_intensities",
     "generate_phantom",
     "NormalizedSource", "normalized_source", "percentile_rescale",
 ]

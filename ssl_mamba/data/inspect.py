@@ -134,7 +134,8 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
     "suggested_intensity_scale": `suggest_intensity_scale`'s [low, 1.0], or None}."""
     source = open_dataset(root)
     split = make_split(source, labeled_cases=labeled_cases)
-    brightness = _case_brightness(source, split.labeled_indices, "labeled case")
+    training = training_intensities(source, split)
+    brightness = training["labeled"]
     threshold = DARKER * min(brightness.values())
     report: dict = {"labeled": brightness, "threshold": threshold, "volumes": {}, "checked": {}, "not_stored": {},
                     "darker": {}}
@@ -146,11 +147,20 @@ def intensity_coverage(root: PathLike, labeled_cases: int, splits: Tuple[str, ..
         report["checked"][name_split] = len(stored)
         report["not_stored"][name_split] = len(listed) - len(stored)
         report["darker"][name_split] = sorted((item for item in found if item[1] < threshold), key=lambda i: i[1])
-    report["unlabeled"] = _case_brightness(source, split.unlabeled_indices, "unlabeled case")
-    unlabeled = list(report["unlabeled"].values())
-    report["unlabeled_quantile"] = float(np.quantile(unlabeled, UNLABELED_QUANTILE)) if unlabeled else None
-    report["suggested_intensity_scale"] = suggest_intensity_scale(list(brightness.values()), unlabeled)
+    report.update({key: training[key] for key in ("unlabeled", "unlabeled_quantile", "suggested_intensity_scale")})
     return report
+
+
+def training_intensities(source: SegmentationSource, split) -> dict:
+    """The training images' side of `intensity_coverage`, for any split (what `train` checks at its
+    start): {"labeled": {case: percentile}, "unlabeled": {case: percentile}, "unlabeled_quantile": q or
+    None, "suggested_intensity_scale": [low, 1.0] or None}."""
+    labeled = _case_brightness(source, split.labeled_indices, "labeled case")
+    unlabeled = _case_brightness(source, split.unlabeled_indices, "unlabeled case")
+    values = list(unlabeled.values())
+    return {"labeled": labeled, "unlabeled": unlabeled,
+            "unlabeled_quantile": float(np.quantile(values, UNLABELED_QUANTILE)) if values else None,
+            "suggested_intensity_scale": suggest_intensity_scale(list(labeled.values()), values)}
 
 
 def _case_brightness(source: SegmentationSource, indices: List[int], what: str) -> Dict[str, float]:

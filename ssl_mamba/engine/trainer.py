@@ -434,12 +434,34 @@ class Trainer:
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
         if self.resume:
             self._warn_unrecorded_options()
+        else:
+            self._hint_intensity_scale()
         if self.compiled_blocks:
             log.info("compiled blocks per network %s (compiling at first use)", self.compiled_blocks)
         if self.dist.enabled:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
                      "synchronised (SyncBatchNorm)" if cfg.train.sync_bn else "per process")
+
+    def _hint_intensity_scale(self) -> None:
+        """With few labels, the labeled cases can all be brighter than part of the unlabeled (and the
+        evaluation) images, whose volumes a network then misses (results/README.md, fifteenth session):
+        say so at the start, from the training images alone, when nothing rescales them yet."""
+        d = self.cfg.data
+        if d.intensity_scale or d.normalize != "none" or not self.split.unlabeled_indices:
+            return
+        from ..data import training_intensities
+
+        found = training_intensities(self.source, self.split)
+        scale = found["suggested_intensity_scale"]
+        if scale is None:
+            return
+        labeled = found["labeled"].values()
+        command = f"ssl-mamba data info {d.root}" + (f" --labeled-cases {d.labeled_cases}" if d.labeled_cases else "")
+        log.warning("the %d labeled cases (99.5th intensity percentile %.2f-%.2f) are all clearly brighter than "
+                    "the darkest 5%% of the unlabeled training cases (%.2f): test volumes as dark may be missed; "
+                    "consider data.intensity_scale: %s (`%s --intensity` shows the coverage)",
+                    len(labeled), min(labeled), max(labeled), found["unlabeled_quantile"], scale, command)
 
     @contextlib.contextmanager
     def _stop_signals(self):
