@@ -114,6 +114,10 @@ class EvalConfig:
     postprocess: str = "none"
     spacing: Optional[List[float]] = None  # voxel spacing (mm); null = unit spacing, as the papers
     val_split: str = "val"
+    # validation during training scores HD95 / ASD at every N-th validation (and the last), Dice and the
+    # other overlap metrics at all: model selection reads Dice only, and the surface distances are ~95%
+    # of the scoring time (benchmarks/RESULTS.md).  1 = every validation, as the originals; 0 = never.
+    val_distances_every: int = 1
     # CUDA only: validation during training replays each network's forward from CUDA graphs, one per
     # volume shape, recorded at the first validation (metrics/graphs.py); pays off because the same
     # volumes are validated again and again.  CUDA only (elsewhere the run stops with an error).
@@ -325,6 +329,8 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         )
     if t.max_iterations < 1:
         raise ConfigError(f"{source}: 'train.max_iterations' must be >= 1, got {t.max_iterations}")
+    if e.val_distances_every < 0:
+        raise ConfigError(f"{source}: 'eval.val_distances_every' must be >= 0 (0: never), got {e.val_distances_every}")
     if cfg.model.pretrained and len(cfg.model.pretrained) != len(cfg.model.networks):
         raise ConfigError(
             f"{source}: 'model.pretrained' has {len(cfg.model.pretrained)} entries but 'model.networks' has "

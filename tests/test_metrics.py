@@ -137,6 +137,18 @@ def test_multiclass_classes_scored_independently():
         assert m[c]["hd95"] == pytest.approx(medpy_binary.hd95(pred == c, gt == c), abs=1e-6)
 
 
+def test_without_distances_the_overlap_metrics_are_unchanged_and_hd95_asd_are_nan():
+    """Validation between eval.val_distances_every skips the surface distances only."""
+    rng = np.random.default_rng(4)
+    gt = rng.integers(0, 4, size=(3, 16, 16)).astype(np.uint8)
+    pred = np.where(rng.random(gt.shape) < 0.2, rng.integers(0, 4, size=gt.shape), gt).astype(np.uint8)
+    full, quick = case_metrics(pred, gt, 4), case_metrics(pred, gt, 4, distances=False)
+    for c in (1, 2, 3):
+        assert {k: v for k, v in quick[c].items() if k not in ("hd95", "asd")} == {
+            k: v for k, v in full[c].items() if k not in ("hd95", "asd")}
+        assert np.isnan(quick[c]["hd95"]) and np.isnan(quick[c]["asd"]) and full[c]["hd95"] > 0
+
+
 def test_cropping_keeps_distances_for_masks_on_the_border():
     pred = np.zeros((3, 20, 20), bool)
     gt = np.zeros_like(pred)

@@ -101,13 +101,14 @@ def test_table_groups_seeds_into_mean_and_std(tmp_path):
 
 
 def test_seeds_written_with_other_checkpoint_or_picture_cadences_pool_but_other_settings_do_not(tmp_path):
-    """How often a run writes last.pt or logs pictures does not change its training (a resumed run equals
-    an uninterrupted one), so seeds that differ there pool; a training setting (lr) splits the row."""
+    """How often a run writes last.pt, logs pictures or scores validation distances does not change its
+    training (a resumed run equals an uninterrupted one; model selection reads Dice only), so seeds that
+    differ there pool; a training setting (lr) splits the row."""
     a = make_run(tmp_path, "s1", 1, 0.70)
     b = make_run(tmp_path, "s2", 2, 0.80)
     c = make_run(tmp_path, "s3", 3, 0.90, lr=0.02)
     cfg = load_config(b / "config.yaml")
-    cfg.train.checkpoint_every, cfg.train.log_images_every = 500, 0
+    cfg.train.checkpoint_every, cfg.train.log_images_every, cfg.eval.val_distances_every = 500, 0, 10
     save_config(cfg, b / "config.yaml")
     lines = build_table([a, b, c]).splitlines()
     assert len(lines) == 4 and "| 2 | 0.9000 ± 0.0707 |" in lines[2] and "| 1 | 1.0500 |" in lines[3]

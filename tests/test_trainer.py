@@ -736,3 +736,21 @@ def test_start_hints_at_intensity_scale_when_labeled_cases_are_all_bright(tmp_pa
     scaled = dataclasses.replace(acdc, data=dataclasses.replace(acdc.data, intensity_scale=[0.25, 1.0]))
     assert hints(scaled, "scaled") == []
     assert hints(tiny_config(phantom_root), "phantom") == []
+
+
+def test_validation_scores_distances_at_its_cadence_and_selects_the_same_best(tmp_path, phantom_root):
+    """eval.val_distances_every=2 with a validation per iteration: HD95 / ASD logged at every second
+    validation and the last, Dice at all, and the same Dice curve and best checkpoints as every=1."""
+    runs = {}
+    for every in (1, 2):
+        cfg = tiny_config(phantom_root, max_iterations=5, val_every=1, checkpoint_every=5, log_images_every=0)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, val_distances_every=every))
+        summary = Trainer(cfg, tmp_path / f"every{every}", progress=False).fit()
+        runs[every] = (summary, read_jsonl(tmp_path / f"every{every}" / "metrics.jsonl"))
+    (full, full_rows), (sparse, sparse_rows) = runs[1], runs[2]
+    assert [r["step"] for r in sparse_rows if "val/net1/hd95" in r] == [2, 4, 5]
+    assert [r["step"] for r in sparse_rows if "val/net1/class2/asd" in r] == [2, 4, 5]
+    assert [r["val/net1/dice"] for r in sparse_rows] == [r["val/net1/dice"] for r in full_rows]
+    assert [r["val/net1/hd95"] for r in sparse_rows if "val/net1/hd95" in r] == [
+        r["val/net1/hd95"] for r in full_rows if r["step"] in (2, 4, 5)]
+    assert (sparse["best_val_dice"], sparse["best_iteration"]) == (full["best_val_dice"], full["best_iteration"])

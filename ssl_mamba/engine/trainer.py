@@ -636,11 +636,12 @@ class Trainer:
         Under torchrun a collective: every rank calls it at the same iteration (an iteration that
         validates is never left queued, so the failure path cannot validate on one rank alone)."""
         scalars: Dict[str, float] = {}
+        distances = self._val_distances_due()
         for name, net in self.method.eval_networks().items():
             tick = time.perf_counter()
-            res = self._evaluate_on_val(name, net)
+            res = self._evaluate_on_val(name, net, distances)
             dice = float(res.mean_dice)
-            scalars.update(val_scalars(name, res))
+            scalars.update(val_scalars(name, res, distances))
             best = self.best.get(name)
             if best is None or dice > best["dice"]:
                 self.best[name] = {"dice": dice, "iteration": self.iteration}
@@ -655,7 +656,15 @@ class Trainer:
         self.method.train()
         return scalars
 
-    def _evaluate_on_val(self, name: str, net: nn.Module) -> "EvalResult":
+    def _val_distances_due(self) -> bool:
+        """eval.val_distances_every: whether this validation scores HD95 / ASD (every N-th, and the last)."""
+        every = self.cfg.eval.val_distances_every
+        if every == 0:
+            return False
+        done = self.iteration == self.cfg.train.max_iterations
+        return done or (self.iteration // self.cfg.train.val_every) % every == 0
+
+    def _evaluate_on_val(self, name: str, net: nn.Module, distances: bool = True) -> "EvalResult":
         """The network's scores on the validation volumes.
 
         Data-parallel ranks hold identical replicas: each scores every world_size-th volume and they
@@ -671,7 +680,7 @@ class Trainer:
                 with torch.no_grad():
                     return evaluate_volumes(net, self.source, share, self.cfg.data.num_classes,
                                             self.cfg.data.patch_size, self.cfg.eval, self.device,
-                                            graphs=self._eval_graphs(name, net))
+                                            graphs=self._eval_graphs(name, net), distances=distances)
             finally:
                 net.train()
 
@@ -712,11 +721,18 @@ class Trainer:
         return summary
 
 
-def val_scalars(net_name: str, result: object) -> Dict[str, float]:
-    """val/<net>/<metric> for the mean over classes, val/<net>/class<c>/<metric> per class."""
-    out = {f"val/{net_name}/{k}": float(v) for k, v in (getattr(result, "mean", None) or {}).items()}
+DISTANCE_METRICS = ("hd95", "asd")
+
+
+def val_scalars(net_name: str, result: object, distances: bool = True) -> Dict[str, float]:
+    """val/<net>/<metric> for the mean over classes, val/<net>/class<c>/<metric> per class (without HD95
+    and ASD when this validation did not score them, so their curves have no gaps of nulls)."""
+    def kept(metrics: dict) -> dict:
+        return {k: v for k, v in metrics.items() if distances or k not in DISTANCE_METRICS}
+
+    out = {f"val/{net_name}/{k}": float(v) for k, v in kept(getattr(result, "mean", None) or {}).items()}
     for cls, metrics in (getattr(result, "per_class", None) or {}).items():
-        out.update({f"val/{net_name}/class{cls}/{k}": float(v) for k, v in metrics.items()})
+        out.update({f"val/{net_name}/class{cls}/{k}": float(v) for k, v in kept(metrics).items()})
     out[f"val/{net_name}/dice"] = float(result.mean_dice)
     return out
 

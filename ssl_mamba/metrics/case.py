@@ -97,13 +97,16 @@ def _missing_distance(policy: str, both_empty: bool, shape: Sequence[int], spaci
 
 
 def class_metrics(pred_c: np.ndarray, gt_c: np.ndarray, counts: Sequence[int], spacing: Optional[Sequence[float]],
-                  empty_policy: str, asd_mode: str) -> Dict[str, float]:
-    """Metrics of one class from its boolean masks and its (tp, fp, fn, tn) counts."""
+                  empty_policy: str, asd_mode: str, distances: bool = True) -> Dict[str, float]:
+    """Metrics of one class from its boolean masks and its (tp, fp, fn, tn) counts (HD95 / ASD NaN
+    without `distances`)."""
     tp, fp, fn, tn = (int(v) for v in counts)
     pred_empty, gt_empty = tp + fp == 0, tp + fn == 0
     both_empty = pred_empty and gt_empty
     row = _pixel_metrics(tp, fp, fn, tn, _undefined_ratio(empty_policy, both_empty))
-    if pred_empty or gt_empty:
+    if not distances:
+        row["hd95"] = row["asd"] = float("nan")
+    elif pred_empty or gt_empty:
         row["hd95"] = row["asd"] = _missing_distance(empty_policy, both_empty, pred_c.shape, spacing)
     else:
         distances = surface_distances(pred_c, gt_c, spacing)
@@ -113,12 +116,14 @@ def class_metrics(pred_c: np.ndarray, gt_c: np.ndarray, counts: Sequence[int], s
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: Optional[Sequence[float]] = None,
-                 empty_policy: str = "original", asd_mode: str = "symmetric") -> Dict[int, Dict[str, float]]:
+                 empty_policy: str = "original", asd_mode: str = "symmetric",
+                 distances: bool = True) -> Dict[int, Dict[str, float]]:
     """{class: {"dice","iou","acc","pre","sen","spe","hd95","asd"}} for classes 1..K-1 of one volume.
 
     pred, gt: integer label volumes of the same shape (any number of axes, usually (S, H, W)).
     spacing: voxel size per axis (None: unit spacing, as the papers).  See the module docstring
     for `empty_policy`; `asd_mode` is "symmetric" (paper Eq. 9), "medpy_asd" or "assd".
+    distances: False leaves HD95 and ASD NaN (the surface distances are most of the time).
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     _check_args(pred, gt, num_classes, spacing, empty_policy, asd_mode)
@@ -128,7 +133,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: Op
         tp = cm[c, c]
         fp, fn = cm[c, :].sum() - tp, cm[:, c].sum() - tp
         tn = pred.size - tp - fp - fn
-        out[c] = class_metrics(pred == c, gt == c, (tp, fp, fn, tn), spacing, empty_policy, asd_mode)
+        out[c] = class_metrics(pred == c, gt == c, (tp, fp, fn, tn), spacing, empty_policy, asd_mode, distances)
     return out
 
 

@@ -106,7 +106,7 @@ METRIC_THREADS = min(4, os.cpu_count() or 1)
 
 def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_classes: int, patch_size: Sequence[int],
                      eval_cfg: EvalConfig, device: Optional[torch.device] = None, progress: bool = False,
-                     graphs=None, threads: int = METRIC_THREADS) -> EvalResult:
+                     graphs=None, threads: int = METRIC_THREADS, distances: bool = True) -> EvalResult:
     """Predict and score every volume in `names` read with `source.read_volume(name) -> (image, label)`.
 
     eval_cfg: interp_order and tta_flip (inference), postprocess (of each predicted volume), empty_policy
@@ -115,6 +115,7 @@ def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_clas
     device: where the slices go (None: the network's device).  progress: a tqdm bar over volumes.
     graphs: an `EvalGraphs` of `net`, kept by the caller across calls (validation during training).
     threads: volumes scored at once (the scores do not depend on it).
+    distances: False leaves HD95 / ASD NaN (validation between `eval.val_distances_every`).
     """
     check_patch_size(net, patch_size)
     spacing = list(eval_cfg.spacing) if eval_cfg.spacing is not None else None
@@ -125,7 +126,7 @@ def evaluate_volumes(net: nn.Module, source: Any, names: Sequence[str], num_clas
         iterator = tqdm(names, desc="evaluate", unit="vol", leave=False)
     def score(pred: np.ndarray, label: np.ndarray):
         pred = postprocess(pred, num_classes, eval_cfg.postprocess)  # here: in the scoring threads
-        return (case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode),
+        return (case_metrics(pred, label, num_classes, spacing, eval_cfg.empty_policy, eval_cfg.asd_mode, distances),
                 slice_dice(pred, label, num_classes))
 
     with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
