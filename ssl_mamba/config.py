@@ -115,7 +115,7 @@ class EvalConfig:
     spacing: Optional[List[float]] = None  # voxel spacing (mm); null = unit spacing, as the papers
     val_split: str = "val"
     # validation during training scores HD95 / ASD at every N-th validation (and the last), Dice and the
-    # other overlap metrics at all: model selection reads Dice only, and the surface distances are ~95%
+    # other overlap metrics at all: model selection reads Dice only, and the surface distances are 80-90%
     # of the scoring time (benchmarks/RESULTS.md).  1 = every validation, as the originals; 0 = never.
     val_distances_every: int = 1
     # CUDA only: validation during training replays each network's forward from CUDA graphs, one per
