@@ -754,3 +754,39 @@ def test_validation_scores_distances_at_its_cadence_and_selects_the_same_best(tm
     assert [r["val/net1/hd95"] for r in sparse_rows if "val/net1/hd95" in r] == [
         r["val/net1/hd95"] for r in full_rows if r["step"] in (2, 4, 5)]
     assert (sparse["best_val_dice"], sparse["best_iteration"]) == (full["best_val_dice"], full["best_iteration"])
+
+
+def test_intensity_hint_is_skipped_with_a_warning_when_a_training_image_is_not_finite(tmp_path, phantom_root, caplog):
+    """The hint reads every training image; one with a NaN (which `data info --check` names) must not stop
+    the run before its first iteration with a DataError of the hint's own: it says why it is skipped."""
+    import h5py
+
+    root = tmp_path / "phantom"
+    shutil.copytree(phantom_root, root)
+    cfg = tiny_config(root)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    name = trainer.source.train_slice_names[trainer.split.unlabeled_indices[0]]
+    with h5py.File(trainer.source.slice_path(name), "r+") as f:
+        image = f["image"][()]
+        image[0, 0] = float("nan")
+        f["image"][...] = image
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ssl_mamba"):
+        trainer._hint_intensity_scale()
+    (skipped,) = [r.getMessage() for r in caplog.records if "intensity" in r.getMessage()]
+    assert "image has NaN or inf values" in skipped and "data info" in skipped
+
+
+def test_intensity_hint_names_a_data_info_command_that_runs_for_slice_and_fraction_splits(tmp_path, acdc_root,
+                                                                                         caplog):
+    """`data info --intensity` needs --labeled-cases: a run split by labeled_slices / labeled_fraction is
+    pointed at the cases that hold its labeled slices (ACDC: 68 slices and 5% are the first 3 cases)."""
+    base = tiny_config(acdc_root)
+    for i, rule in enumerate(({"labeled_slices": 68}, {"labeled_fraction": 0.05})):
+        data = dataclasses.replace(base.data, dataset="acdc", labeled_cases=None, **rule)
+        trainer = Trainer(dataclasses.replace(base, data=data), tmp_path / f"run{i}", progress=False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ssl_mamba"):
+            trainer._hint_intensity_scale()
+        (hint,) = [r.getMessage() for r in caplog.records if "data.intensity_scale" in r.getMessage()]
+        assert f"ssl-mamba data info {acdc_root} --labeled-cases 3 --intensity" in hint, (rule, hint)

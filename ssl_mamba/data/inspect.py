@@ -164,12 +164,14 @@ def training_intensities(source: SegmentationSource, split) -> dict:
 
 
 def _case_brightness(source: SegmentationSource, indices: List[int], what: str) -> Dict[str, float]:
-    """{case: 99.5th percentile of its training slices pooled} over the slices at `indices`."""
+    """{case: 99.5th percentile of its training slices pooled} over the slices at `indices`, read one
+    case at a time (`train` checks every training slice at its start: not the whole set in memory)."""
     names = source.train_slice_names
-    pooled: Dict[str, List[np.ndarray]] = {}
+    by_case: Dict[str, List[int]] = {}
     for index in indices:
-        pooled.setdefault(source.case_of(names[index]), []).append(source.read_slice(names[index])[0].ravel())
-    return {case: _brightness(np.concatenate(parts), f"{source.root}: {what} {case}") for case, parts in pooled.items()}
+        by_case.setdefault(source.case_of(names[index]), []).append(index)
+    return {case: _brightness(np.concatenate([source.read_slice(names[i])[0].ravel() for i in members]),
+                              f"{source.root}: {what} {case}") for case, members in by_case.items()}
 
 
 # The suggested range reaches all but the darkest 5% of the unlabeled cases, so one odd case does not set it.

@@ -452,12 +452,19 @@ class Trainer:
             return
         from ..data import training_intensities
 
-        found = training_intensities(self.source, self.split)
+        try:
+            found = training_intensities(self.source, self.split)
+        except DataError as exc:  # a hint only: the run goes on as it would without it
+            log.warning("intensity check skipped: %s (`ssl-mamba data info %s --check` lists every such file)",
+                        exc, d.root)
+            return
         scale = found["suggested_intensity_scale"]
         if scale is None:
             return
         labeled = found["labeled"].values()
-        command = f"ssl-mamba data info {d.root}" + (f" --labeled-cases {d.labeled_cases}" if d.labeled_cases else "")
+        # --intensity needs --labeled-cases: a labeled_slices / labeled_fraction split is named by the cases
+        # holding its labeled slices (the same split for labeled_fraction, whole cases, or a cut last case)
+        command = f"ssl-mamba data info {d.root} --labeled-cases {len(self.split.labeled_cases)}"
         log.warning("the %d labeled cases (99.5th intensity percentile %.2f-%.2f) are all clearly brighter than "
                     "the darkest 5%% of the unlabeled training cases (%.2f): test volumes as dark may be missed; "
                     "consider data.intensity_scale: %s (`%s --intensity` shows the coverage)",

@@ -109,9 +109,9 @@ def class_metrics(pred_c: np.ndarray, gt_c: np.ndarray, counts: Sequence[int], s
     elif pred_empty or gt_empty:
         row["hd95"] = row["asd"] = _missing_distance(empty_policy, both_empty, pred_c.shape, spacing)
     else:
-        distances = surface_distances(pred_c, gt_c, spacing)
-        row["hd95"] = distances.hd95()
-        row["asd"] = distances.asd(asd_mode)
+        surface = surface_distances(pred_c, gt_c, spacing)
+        row["hd95"] = surface.hd95()
+        row["asd"] = surface.asd(asd_mode)
     return row
 
 
