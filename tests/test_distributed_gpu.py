@@ -33,8 +33,9 @@ def _train_two_processes(tmp_path: Path, root: Path, gpu: bool) -> Path:
     cfg = th.tiny_config(root, method="cross_teaching", networks=["test_unet", "test_mamba_unet"],
                          labeled_batch_size=2, patch=64, max_iterations=ITERATIONS, val_every=3,
                          checkpoint_every=3, **(GPU_SETTINGS if gpu else {}))
+    # as the rows validate (eval graphs on the GPU; surface distances at every other validation and the last)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_backend="auto"),
-                              eval=dataclasses.replace(cfg.eval, cuda_graphs=gpu))  # as the rows validate
+                              eval=dataclasses.replace(cfg.eval, cuda_graphs=gpu, val_distances_every=2))
     cfg_path, run_dir = tmp_path / "cross.yaml", tmp_path / "run"
     th.write_config(cfg, cfg_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -55,6 +56,8 @@ def _check_run(run_dir: Path, gpu: bool) -> None:
     assert len(losses) == ITERATIONS and all(math.isfinite(v) for v in losses)
     # both ranks validated a share of the volumes and rank 0 logged the merged scores
     assert [r["step"] for r in rows if "val/net2/dice" in r] == [3, 6]
+    # the first validation (3 // 3 = 1, odd) skipped HD95 on both ranks; the last scored it, merged
+    assert [r["step"] for r in rows if "val/net2/hd95" in r] == [6] and math.isfinite(rows[-1]["val/net2/hd95"])
     log = (run_dir / "train.log").read_text()
     assert "data parallel: 2 processes" in log
     assert f"scan backend auto -> {'triton' if gpu else 'torch'} for ss2d" in log
