@@ -102,16 +102,8 @@ def test_table_labels_a_post_processed_evaluation_and_gives_it_no_paper_row(tmp_
     label, no paper row, and no pooling with the same config evaluated raw."""
     from ssl_mamba.metrics.table import build_table
 
-    committed = Path(__file__).resolve().parents[1] / "results" / "acdc_fully_unet"
-    runs = []
-    for name, post in (("raw", "none"), ("lcc", "largest_component")):
-        run = tmp_path / name
-        (run / "metrics" / "test").mkdir(parents=True)
-        (run / "config.yaml").write_text((committed / "config.yaml").read_text())
-        summary = json.loads((committed / "metrics" / "test" / "summary.json").read_text())
-        summary.setdefault("settings", {})["postprocess"] = post
-        (run / "metrics" / "test" / "summary.json").write_text(json.dumps(summary))
-        runs.append(run)
+    runs = [_committed_run_evaluated(tmp_path, name, {"postprocess": post})
+            for name, post in (("raw", "none"), ("lcc", "largest_component"))]
     lines = build_table(runs, compare="paper").splitlines()[2:]
     assert [line.split(" | ")[:3] for line in lines] == [
         ["| supervised (unet), all labeled", "ours", "1"], ["|   UNet", "P-MU Table 1", ""],
@@ -134,17 +126,18 @@ def _committed_run_evaluated(tmp_path, name, settings="absent"):
 
 def test_table_groups_by_every_eval_setting_the_evaluation_scored_with(tmp_path):
     """`evaluate --run --set eval.tta_flip=true` (or another interp_order, spacing...) changes the numbers as
-    much as post-processing does: such a summary is not pooled with the run scored as configured.  A summary
-    without settings (or with settings null) is the config's."""
+    much as post-processing does: such a summary is not pooled with the run scored as configured, says how
+    it was scored and, not being the papers' protocol, gets no paper row.  A summary without settings (or
+    with settings null) is the config's."""
     from ssl_mamba.metrics.table import build_table
 
     runs = [_committed_run_evaluated(tmp_path, "plain", {"tta_flip": False}),
             _committed_run_evaluated(tmp_path, "old"),
             _committed_run_evaluated(tmp_path, "null", None),
             _committed_run_evaluated(tmp_path, "tta", {"tta_flip": True})]
-    lines = [line.split(" | ")[:3] for line in build_table(runs).splitlines()[2:]]
-    assert lines == [["| supervised (unet), all labeled [eval.tta_flip=False]", "ours", "3"],
-                     ["| supervised (unet), all labeled [eval.tta_flip=True]", "ours", "1"]]
+    lines = [line.split(" | ")[:3] for line in build_table(runs, compare="paper").splitlines()[2:]]
+    assert lines == [["| supervised (unet), all labeled", "ours", "3"], ["|   UNet", "P-MU Table 1", ""],
+                     ["| supervised (unet), all labeled, scored with tta_flip=True", "ours", "1"]]
 
 
 def test_overlay_figure_shows_the_prediction_as_it_is_scored(tmp_path, monkeypatch):

@@ -12,8 +12,8 @@ often its validations score surface distances (model selection reads Dice only):
 none changes what is trained) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
 shows the plain value.  The row label is built from the config: method, networks, labeled data (and
-`data.normalize` when it is not "none", `data.intensity_scale` when set, and `eval.postprocess` when
-it is not "none").  The eval settings that change the scores (`SCORING_SETTINGS`) are the evaluation's,
+`data.normalize` when it is not "none", `data.intensity_scale` when set, and each scoring setting that
+differs from the papers' protocol, such as `eval.postprocess`).  The eval settings that change the scores (`SCORING_SETTINGS`) are the evaluation's,
 read from the summary's "settings", where `evaluate --run --set eval.X=...` may have changed them.
 With `compare="paper"` each of our rows is followed by every matching published row from
 `ssl_mamba.paper_tables` (matched on dataset, method, sorted networks and labeled cases).
@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..config import ExperimentConfig, load_config, to_dict
+from ..config import EvalConfig, ExperimentConfig, load_config, to_dict
 from ..errors import DataError, UserError
 from ..paper_tables import find_paper_rows
 from .case import METRIC_NAMES
@@ -89,27 +89,34 @@ def labeled_data(cfg: ExperimentConfig) -> str:
 
 def row_label(cfg: ExperimentConfig) -> str:
     """e.g. 'cross_teaching (unet + mamba_unet), 3 labeled cases'.  A run that rescales its images
-    (`data.normalize`, `data.intensity_scale`) or post-processes its predictions (`eval.postprocess`) says so,
-    since otherwise it reads exactly like the row it varies."""
+    (`data.normalize`, `data.intensity_scale`) or was scored otherwise than the papers (`scoring_changes`,
+    e.g. `eval.postprocess`) says so, since otherwise it reads exactly like the row it varies."""
     label = f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
     if cfg.data.normalize != "none":
         label += f", {cfg.data.normalize}-normalised slices"
     if cfg.data.intensity_scale:
         low, high = cfg.data.intensity_scale
         label += f", intensities scaled by {low:g}-{high:g}"
-    if cfg.eval.postprocess != "none":
-        label += f", scored after {cfg.eval.postprocess.replace('_', ' ')}"
+    for key, value in scoring_changes(cfg).items():
+        label += (f", scored after {value.replace('_', ' ')}" if key == "postprocess" else f", scored with {key}={value}")
     return label
+
+
+def scoring_changes(cfg: ExperimentConfig) -> Dict[str, Any]:
+    """The scoring settings (`SCORING_SETTINGS`) where the run's evaluation left the defaults, which are
+    the papers' protocol (nearest resize, no TTA, no post-processing, their empty-mask and ASD rules)."""
+    default = EvalConfig()
+    return {k: getattr(cfg.eval, k) for k in SCORING_SETTINGS if getattr(cfg.eval, k) != getattr(default, k)}
 
 
 def published_rows(cfg: ExperimentConfig) -> list:
     """The papers' rows for this experiment.  The papers label by cases (or everything) and read the
     images as stored: a run that chose its labeled data by slices or by fraction, or rescaled its
-    images (data.normalize, data.intensity_scale) or post-processed its predictions (eval.postprocess), has no
-    published counterpart."""
+    images (data.normalize, data.intensity_scale) or was scored otherwise (`scoring_changes`: TTA, post-processing,
+    another resize, empty-mask or ASD rule, a spacing), has no published counterpart."""
     if cfg.data.labeled_slices is not None or cfg.data.labeled_fraction is not None:
         return []
-    if cfg.data.normalize != "none" or cfg.data.intensity_scale or cfg.eval.postprocess != "none":
+    if cfg.data.normalize != "none" or cfg.data.intensity_scale or scoring_changes(cfg):
         return []
     return find_paper_rows(cfg.data.dataset, cfg.method.name, cfg.model.networks, cfg.data.labeled_cases)
 
