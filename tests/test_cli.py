@@ -198,3 +198,16 @@ def test_table_draws_the_paper_comparison_on_request(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "| supervised (unet), all labeled | ours |" in result.output, result.output
     assert f"figure: {out}" in result.output and out.read_bytes()[:4] == b"\x89PNG"
     assert reads == [committed]
+
+
+def test_case_scatter_labels_of_close_volumes_do_not_overlap():
+    """The found volumes cluster (ACDC at 3 cases: five near x 0, y 0.8): their names are stacked at least
+    a line apart, and a volume far from the others keeps its label beside its point."""
+    from ssl_mamba.metrics.figures import spread_labels
+
+    points = [(0.001, 0.822), (0.056, 0.863), (0.002, 0.782), (0.087, 0.842), (0.154, 0.839), (0.9, 0.2)]
+    placed = spread_labels(points)
+    cluster = sorted(y for _, y in placed[:5])
+    assert all(b - a >= 0.035 - 1e-9 for a, b in zip(cluster, cluster[1:]))
+    assert placed[1] == (0.056 + 0.02, 0.863) and placed[5] == (0.9 + 0.02, 0.2)
+    assert all(y <= p[1] for (_, y), p in zip(placed, points))  # labels move down only

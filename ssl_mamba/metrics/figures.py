@@ -300,6 +300,23 @@ def compare_curves(runs: Dict[str, PathLike], path: PathLike, key: str = "val/ne
     return _save(fig, path)
 
 
+def spread_labels(points: Sequence[Tuple[float, float]], gap: float = 0.035,
+                  reach: float = 0.3) -> List[Tuple[float, float]]:
+    """Where to write each point's label (axes in [0, 1]): just right of the point, moved down until it is
+    `gap` below every label already placed within `reach` in x, so volumes with close scores (the
+    found ones cluster top left) keep readable names."""
+    placed: List[Tuple[float, float]] = []
+    out: List[Optional[Tuple[float, float]]] = [None] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: -points[i][1]):
+        x, y = points[i][0] + 0.02, points[i][1]
+        for px, py in sorted(placed, key=lambda p: -p[1]):
+            if abs(px - x) < reach and y > py - gap:
+                y = py - gap
+        placed.append((x, y))
+        out[i] = (x, y)
+    return out
+
+
 def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLike,
                  names: Sequence[str] = ("A", "B"), annotate: int = 5) -> Path:
     """Each volume's Dice in run A (x) against run B (y), the diagonal for "no change", and the
@@ -316,8 +333,11 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
     xs, ys = [before[c] for c in cases], [after[c] for c in cases]
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
     ax.scatter(xs, ys, s=14, color=CLASS_COLOURS[3])
-    for c in sorted(cases, key=lambda c: -abs(after[c] - before[c]))[:annotate]:
-        ax.annotate(c, (before[c], after[c]), fontsize=6, textcoords="offset points", xytext=(3, -8))
+    named = sorted(cases, key=lambda c: -abs(after[c] - before[c]))[:annotate]
+    points = [(before[c], after[c]) for c in named]
+    for c, point, text_at in zip(named, points, spread_labels(points)):
+        ax.annotate(c, point, xytext=text_at, fontsize=6, va="top",
+                    arrowprops=None if text_at == (point[0] + 0.02, point[1]) else dict(arrowstyle="-", lw=0.4))
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"{names[0]}: volume Dice (mean {np.mean(xs):.3f})")
