@@ -86,6 +86,11 @@ class TrainConfig:
     # spend ~1 min compiling.  Combine with cuda_graphs for the fastest step.  Needs a student with
     # such layers (Mamba-UNet, Swin-UNet's patch layers); validation runs eager unless eval.compile.
     compile: bool = False
+    # A file of torch.compile's cache artifacts (engine/compile_cache.py), with train.compile or
+    # eval.compile: loaded before compiling when it exists, (re)written by rank 0 after the first
+    # validation and at the end, so the next run on a fresh machine (same code, torch and GPU) hits
+    # the cache instead of compiling.  null: no file.
+    compile_cache: Optional[str] = None
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block
     # at batch 24 (bf16 peak 4.32 -> 3.99 GiB on an H200, measured before the op saved bf16 inputs,
     # which brought the default to ~4.0 GiB by itself), its kernels ~20% slower.  CUDA with
@@ -329,6 +334,9 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         )
     if t.max_iterations < 1:
         raise ConfigError(f"{source}: 'train.max_iterations' must be >= 1, got {t.max_iterations}")
+    if t.compile_cache and not (t.compile or e.compile):
+        raise ConfigError(f"{source}: 'train.compile_cache' is set but neither train.compile nor eval.compile is: "
+                          "there is nothing to cache")
     if e.val_distances_every < 0:
         raise ConfigError(f"{source}: 'eval.val_distances_every' must be >= 0 (0: never), got {e.val_distances_every}")
     if cfg.model.pretrained and len(cfg.model.pretrained) != len(cfg.model.networks):

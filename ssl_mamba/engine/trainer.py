@@ -218,6 +218,8 @@ class Trainer:
         self.graphs: Optional[GraphedNetworks] = None  # captured at the first iteration (train.cuda_graphs)
         self.eval_graphs: dict = {}  # eval network -> its EvalGraphs, grown at validations (eval.cuda_graphs)
         self.compiled_blocks: Dict[str, int] = {}  # network -> blocks compiled (train.compile / eval.compile)
+        self.compile_cache_loaded: Optional[int] = None  # artifacts loaded from train.compile_cache
+        self.compile_cache_saved = False  # written after the first validation (and again at the end)
         self._configure_gpu_switches()
         self.stop_signal: Optional[signal.Signals] = None  # set by SIGTERM / SIGINT during fit()
         self.iteration = 0
@@ -254,6 +256,7 @@ class Trainer:
                               f"{cfg.model.scan_backend!r} does not run triton")
         set_low_memory_scan(cfg.train.low_memory_scan)
         if cfg.train.compile or cfg.eval.compile:
+            self._load_compile_cache()
             self._compile_networks()
 
     def _check_compilable(self) -> None:
@@ -277,6 +280,30 @@ class Trainer:
         # logged by _log_start: train.log opens in fit(), after construction
         self.compiled_blocks = {name: compile_blocks(net, train=t and name in students, eval=e and name in validated)
                                 for name, net in networks.items()}
+
+    def _load_compile_cache(self) -> None:
+        """train.compile_cache: its artifacts into this process's caches before anything compiles (logged
+        by _log_start, once train.log is open)."""
+        if self.cfg.train.compile_cache:
+            from .compile_cache import load_compile_cache
+
+            self.compile_cache_loaded = load_compile_cache(self.cfg.train.compile_cache)
+
+    def _save_compile_cache(self) -> None:
+        """Rank 0 writes train.compile_cache: what was compiled so far (the first validation has compiled
+        the train and eval blocks; the end adds any later compile).  A failed write only warns."""
+        path = self.cfg.train.compile_cache
+        if not path or not self.dist.is_main:
+            return
+        from .compile_cache import save_compile_cache
+
+        try:
+            size = save_compile_cache(path)
+        except OSError as exc:
+            log.warning("compile cache %s not written (%s)", path, exc)
+            return
+        self.compile_cache_saved = True
+        log.info("compile cache %s written (%.1f MB)", path, size / 1e6)
 
     def _eval_graphs(self, name: str, net: nn.Module):
         """The network's validation `metrics.graphs.EvalGraphs` (eval.cuda_graphs on CUDA), kept
@@ -438,6 +465,10 @@ class Trainer:
             self._hint_intensity_scale()
         if self.compiled_blocks:
             log.info("compiled blocks per network %s (compiling at first use)", self.compiled_blocks)
+        if cfg.train.compile_cache:
+            loaded = self.compile_cache_loaded
+            log.info("compile cache %s: %s", cfg.train.compile_cache, f"{loaded} artifacts loaded" if loaded is not None
+                     else "none loaded (written after the first validation)")
         if self.dist.enabled:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
@@ -618,6 +649,8 @@ class Trainer:
         self.stop_agreed = self.stop_agreed or done.result.logs.pop(STOP_VOTE, 0.0) > 0
         self.last_losses = done.result.losses
         val = self._validate() if self._validates(done.iteration) else {}
+        if val and not self.compile_cache_saved:
+            self._save_compile_cache()
         if self.dist.is_main:
             self._log_iteration(done, val)
 
@@ -696,6 +729,7 @@ class Trainer:
 
     # ---- the end --------------------------------------------------------------------------------
     def _finish(self, start_wall: float) -> dict:
+        self._save_compile_cache()  # again: compiles after the first validation (a new shape) join it
         cfg = self.cfg
         images = self.iteration * cfg.method.batch_size
         train_time = self.elapsed["train"]

@@ -8,7 +8,8 @@ For each run directory `collect_runs` (which `build_table` and `paper_pairs` cal
 
 Runs whose configs are equal once the keys in `IGNORED_KEYS` (the run's name, where it is
 written, its seed, the device/worker placement, how often it writes checkpoints and pictures and how
-often its validations score surface distances (model selection reads Dice only):
+often its validations score surface distances (model selection reads Dice only), and where its
+compile cache lives:
 none changes what is trained) are dropped form one group and one row,
 shown as mean ± sample standard deviation (ddof 1) over the runs, 4 decimals; a group of one run
 shows the plain value.  The row label is built from the config: method, networks, labeled data (and
@@ -33,7 +34,7 @@ from .case import METRIC_NAMES
 from .report import report_path
 
 IGNORED_KEYS = ("name", "output_dir", "train.seed", "train.device", "data.num_workers", "train.checkpoint_every",
-                "train.log_images_every", "eval.val_distances_every")
+                "train.log_images_every", "eval.val_distances_every", "train.compile_cache")
 HEADER = ("Method", "Source", "n", "Dice", "IoU", "Acc", "Pre", "Sen", "Spe", "HD95", "ASD")
 FORMATS = ("markdown", "latex", "csv")
 # the eval.* settings that change the scores (not only how fast they come): a summary's values of these
