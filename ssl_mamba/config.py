@@ -88,7 +88,7 @@ class TrainConfig:
     compile: bool = False
     # A file of torch.compile's cache artifacts (engine/compile_cache.py), with train.compile or
     # eval.compile: loaded before compiling when it exists, (re)written by rank 0 after the first
-    # validation and at the end, so the next run on a fresh machine (same code, torch and GPU) hits
+    # validation and at the end (or a stop), so the next run on a fresh machine (same code, torch and GPU) hits
     # the cache instead of compiling.  null: no file.
     compile_cache: Optional[str] = None
     # Triton SS2D backward as a persistent grid: ~390 MB less transient memory per first-stage block

@@ -291,7 +291,7 @@ class Trainer:
 
     def _save_compile_cache(self) -> None:
         """Rank 0 writes train.compile_cache: what was compiled so far (the first validation has compiled
-        the train and eval blocks; the end adds any later compile).  A failed write only warns."""
+        the train and eval blocks; the end, or a stop, adds any later compile).  A failed write only warns."""
         path = self.cfg.train.compile_cache
         if not path or not self.dist.is_main:
             return
@@ -299,8 +299,11 @@ class Trainer:
 
         try:
             size = save_compile_cache(path)
-        except OSError as exc:
-            log.warning("compile cache %s not written (%s)", path, exc)
+        except Exception as exc:  # noqa: BLE001 - a full disk, torch's serializer: the run goes on, compiling as before
+            log.warning("compile cache %s not written (%s: %s)", path, type(exc).__name__, exc)
+            return
+        if size == 0:  # nothing compiled (and nothing loaded was used) yet: the next validation tries again
+            log.info("compile cache %s not written: nothing compiled yet", path)
             return
         self.compile_cache_saved = True
         log.info("compile cache %s written (%.1f MB)", path, size / 1e6)
@@ -429,10 +432,12 @@ class Trainer:
             return summary
         except TrainingDiverged as exc:
             log.error("%s", exc)
+            self._save_compile_cache()  # the compiled code is sound whatever the weights did: keep it for the retry
             self._rewind_after_divergence()
             raise
         except TrainingInterrupted as exc:
             log.warning("%s", exc)
+            self._save_compile_cache()  # a stop before the first validation has compiled too: keep it for --resume
             raise
         finally:
             if self.logger is not None:
