@@ -108,6 +108,25 @@ def test_trainer_loads_before_compiling_and_writes_after_the_first_validation_an
     assert "compile cache cc.bin: 5 artifacts loaded" in log and "compile cache cc.bin written (2.0 MB)" in log
 
 
+def test_train_log_tells_an_unreadable_cache_from_a_missing_one(tmp_path, phantom_root, monkeypatch):  # noqa: F811
+    """The load's own warning comes before train.log opens: the start line must still say what happened."""
+    import ssl_mamba.engine.compile_cache as compile_cache
+
+    monkeypatch.setattr(compile_cache, "save_compile_cache", lambda path: 0)
+    damaged = tmp_path / "damaged.bin"
+    damaged.write_bytes(b"not a cache")
+    logs = {}
+    for name, path in (("missing", tmp_path / "absent.bin"), ("damaged", damaged)):
+        cfg = th.tiny_config(phantom_root, max_iterations=2)
+        trainer = th.Trainer(cfg, tmp_path / name, progress=False)
+        trainer.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile_cache=str(path)))
+        trainer._load_compile_cache()
+        trainer.fit()
+        logs[name] = (tmp_path / name / "train.log").read_text()
+    assert "none loaded (written after the first validation)" in logs["missing"]
+    assert "not loaded (unreadable, or another torch): compiling from scratch" in logs["damaged"]
+
+
 @pytest.mark.parametrize("options, stopped_by", [({"term_at": 0}, TrainingInterrupted),
                                                  ({"nan_at": 0}, TrainingDiverged)])
 def test_a_run_stopped_before_its_first_validation_still_writes_what_it_compiled(

@@ -289,6 +289,14 @@ class Trainer:
 
             self.compile_cache_loaded = load_compile_cache(self.cfg.train.compile_cache)
 
+    def _compile_cache_state(self) -> str:
+        """What the load found, for train.log (its own warning came before the file opened)."""
+        if self.compile_cache_loaded is not None:
+            return f"{self.compile_cache_loaded} artifacts loaded"
+        if Path(self.cfg.train.compile_cache).is_file():
+            return "not loaded (unreadable, or another torch): compiling from scratch, then rewritten"
+        return "none loaded (written after the first validation)"
+
     def _save_compile_cache(self) -> None:
         """Rank 0 writes train.compile_cache: what was compiled so far (the first validation has compiled
         the train and eval blocks; the end, or a stop, adds any later compile).  A failed write only warns."""
@@ -471,9 +479,7 @@ class Trainer:
         if self.compiled_blocks:
             log.info("compiled blocks per network %s (compiling at first use)", self.compiled_blocks)
         if cfg.train.compile_cache:
-            loaded = self.compile_cache_loaded
-            log.info("compile cache %s: %s", cfg.train.compile_cache, f"{loaded} artifacts loaded" if loaded is not None
-                     else "none loaded (written after the first validation)")
+            log.info("compile cache %s: %s", cfg.train.compile_cache, self._compile_cache_state())
         if self.dist.enabled:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
@@ -767,12 +773,11 @@ class Trainer:
         return summary
 
 
-DISTANCE_METRICS = ("hd95", "asd")
-
-
 def val_scalars(net_name: str, result: object, distances: bool = True) -> Dict[str, float]:
     """val/<net>/<metric> for the mean over classes, val/<net>/class<c>/<metric> per class (without HD95
     and ASD when this validation did not score them, so their curves have no gaps of nulls)."""
+    from ..metrics.case import DISTANCE_METRICS
+
     def kept(metrics: dict) -> dict:
         return {k: v for k, v in metrics.items() if distances or k not in DISTANCE_METRICS}
 

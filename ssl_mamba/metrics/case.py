@@ -30,6 +30,7 @@ from ..errors import ConfigError, DataError
 from .surface import surface_distances
 
 METRIC_NAMES = ("dice", "iou", "acc", "pre", "sen", "spe", "hd95", "asd")
+DISTANCE_METRICS = ("hd95", "asd")  # the surface-distance ones (left NaN by `distances=False`)
 EMPTY_POLICIES = ("original", "nan", "worst")
 ASD_MODES = ("symmetric", "medpy_asd", "assd")
 
