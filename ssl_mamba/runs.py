@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, load_config, parse_override
 from .errors import UserError
 from .utils.log import get_logger
 
@@ -173,8 +173,8 @@ def evaluate_run(run_dir: Path, split: str, network: Optional[str], out: Optiona
 def changes_evaluation_only(override: str) -> bool:
     """Whether a `--set` override changes how a trained run is evaluated (eval.*) or where its data lives
     (data.root), and nothing its networks were trained with."""
-    key = override.split("=", 1)[0].strip()
-    return key.startswith("eval.") or key == "data.root"
+    keys, _ = parse_override(override)
+    return (len(keys) > 1 and keys[0] == "eval") or keys == ["data", "root"]
 
 
 def _check_evaluation_overrides(run_dir: Path, overrides: Sequence[str]) -> None:

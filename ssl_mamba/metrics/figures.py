@@ -336,8 +336,9 @@ def case_scatter(before: Dict[str, float], after: Dict[str, float], path: PathLi
     named = sorted(cases, key=lambda c: -abs(after[c] - before[c]))[:annotate]
     points = [(before[c], after[c]) for c in named]
     for c, point, text_at in zip(named, points, spread_labels(points)):
+        moved = text_at[1] != point[1]  # spread_labels moves a label down only, off a crowded spot
         ax.annotate(c, point, xytext=text_at, fontsize=6, va="top",
-                    arrowprops=None if text_at == (point[0] + 0.02, point[1]) else dict(arrowstyle="-", lw=0.4))
+                    arrowprops=dict(arrowstyle="-", lw=0.4) if moved else None)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"{names[0]}: volume Dice (mean {np.mean(xs):.3f})")
