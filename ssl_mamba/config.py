@@ -16,6 +16,9 @@ import yaml
 from .errors import ConfigError
 
 
+INTENSITY_SCALE_AUTO = "auto"  # data.intensity_scale: take `ssl-mamba data info --intensity`'s suggestion
+
+
 @dataclass
 class DataConfig:
     dataset: str = "acdc"  # acdc | promise12 | synapse | phantom
@@ -32,8 +35,10 @@ class DataConfig:
     normalize: str = "none"  # none (as stored: the papers') | percentile (per slice, data/normalize.py)
     # [low, high]: each training image times a factor drawn log-uniformly from this range, after the
     # geometric augmentation (when the labeled cases are brighter than much of the data: `ssl-mamba data
-    # info --intensity` suggests a range from the training images); null: off, as the papers
-    intensity_scale: Optional[List[float]] = None
+    # info --intensity` suggests a range from the training images); auto: that suggestion, taken at the
+    # run's start and written into its config.yaml (null when the labeled cases cover the unlabeled);
+    # null: off, as the papers
+    intensity_scale: Optional[Union[List[float], str]] = None
     num_workers: int = 2
 
 
@@ -149,6 +154,8 @@ class ExperimentConfig:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is not None:  # List[float], not the bare "List"
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -156,11 +163,19 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where it is lossless."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is Union:  # Optional[X]
+    if origin is Union:  # Optional[X], or a choice of types: the first that takes the value
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key, source)
+        for tp_choice in inner:
+            try:
+                return _coerce(value, tp_choice, key, source)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(a) for a in inner)
+        raise ConfigError(f"{source}: '{key}' must be {names}, got {value!r} ({type(value).__name__})")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
@@ -294,7 +309,11 @@ def _check_intensity_scale(d: DataConfig, source: str) -> None:
     scale = d.intensity_scale
     if scale is None:
         return
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] or not all(math.isfinite(v) for v in scale):
+    if isinstance(scale, str) and scale != INTENSITY_SCALE_AUTO:
+        raise ConfigError(f"{source}: 'data.intensity_scale' is {scale!r}; give [low, high], "
+                          f"{INTENSITY_SCALE_AUTO!r} or null")
+    if isinstance(scale, list) and (len(scale) != 2 or not 0 < scale[0] <= scale[1]
+                                    or not all(math.isfinite(v) for v in scale)):
         raise ConfigError(f"{source}: 'data.intensity_scale' must be [low, high] with 0 < low <= high, got {scale}")
     if d.augment == "none":
         raise ConfigError(f"{source}: 'data.intensity_scale' is set but data.augment is 'none'; it is part of the "

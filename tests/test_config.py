@@ -97,6 +97,16 @@ def test_intensity_scale_is_a_positive_range_and_needs_augmentation():
         load_config(None, ["data.intensity_scale=[0.5, 1.0]", "data.normalize=percentile"])
 
 
+def test_intensity_scale_takes_auto_and_names_the_choices_otherwise():
+    assert load_config(None, ["data.intensity_scale=auto"]).data.intensity_scale == "auto"
+    with pytest.raises(ConfigError, match="'data.intensity_scale' is 'automatic'; give \\[low, high\\], 'auto' or null"):
+        load_config(None, ["data.intensity_scale=automatic"])
+    with pytest.raises(ConfigError, match=r"'data.intensity_scale' must be List\[float\] or str, got 0.5 \(float\)"):
+        load_config(None, ["data.intensity_scale=0.5"])
+    with pytest.raises(ConfigError, match="data.augment is 'none'"):  # auto scales in the augmentation too
+        load_config(None, ["data.intensity_scale=auto", "data.augment=none"])
+
+
 def test_a_missing_config_names_the_closest_ones_beside_it():
     """A row name typed from a paper table that has no config (Table 2 has no CPS row)."""
     acdc = Path(__file__).resolve().parents[1] / "configs" / "acdc"

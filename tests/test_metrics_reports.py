@@ -336,7 +336,8 @@ def test_overlays_are_cut_to_the_labelled_and_predicted_structures():
 
 
 @pytest.mark.parametrize("key, value, label", [("normalize", "percentile", "percentile-normalised slices"),
-                                               ("intensity_scale", [0.5, 1.0], "intensities scaled by 0.5-1")])
+                                               ("intensity_scale", [0.5, 1.0], "intensities scaled by 0.5-1"),
+                                               ("intensity_scale", "auto", "intensities scaled (auto)")])
 def test_a_rescaled_run_is_its_own_row_without_a_paper_counterpart(tmp_path, key, value, label):
     """A diagnostic with data.normalize or data.intensity_scale neither pools with the row it varies
     nor meets the paper's row, and its label says how it differs."""

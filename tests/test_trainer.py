@@ -30,7 +30,7 @@ from ssl_mamba.engine.method import METHODS, Method, StepOutput
 from ssl_mamba.engine.schedules import LRSchedule
 from ssl_mamba.engine.step import TrainingDiverged
 from ssl_mamba.engine.trainer import Trainer
-from ssl_mamba.errors import ConfigError
+from ssl_mamba.errors import ConfigError, DataError
 
 K = 4
 PATCH = 32
@@ -736,6 +736,56 @@ def test_start_hints_at_intensity_scale_when_labeled_cases_are_all_bright(tmp_pa
     scaled = dataclasses.replace(acdc, data=dataclasses.replace(acdc.data, intensity_scale=[0.25, 1.0]))
     assert hints(scaled, "scaled") == []
     assert hints(tiny_config(phantom_root), "phantom") == []
+
+
+def test_intensity_scale_auto_takes_the_suggested_range_at_the_start(tmp_path, phantom_root, acdc_root, caplog):
+    """data.intensity_scale: auto resolves, from the training images, to the range `data info --intensity`
+    suggests (ACDC at 3 cases: [0.25, 1.0]); the stream scales by it and the config the run writes holds
+    the numbers, so a resume and the tables see what it trained with.  On a phantom whose cases are alike
+    it resolves to null, and the log says why."""
+    def started(cfg, name):
+        trainer = Trainer(cfg, tmp_path / name, progress=False)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ssl_mamba"):
+            trainer._log_start()
+        (line,) = [r.getMessage() for r in caplog.records if "intensity_scale" in r.getMessage()]
+        return trainer, line
+
+    acdc = tiny_config(acdc_root)
+    acdc = dataclasses.replace(acdc, data=dataclasses.replace(acdc.data, dataset="acdc", labeled_cases=3,
+                                                               intensity_scale="auto"))
+    trainer, line = started(acdc, "acdc")
+    assert trainer.cfg.data.intensity_scale == [0.25, 1.0]
+    assert trainer.stream.dataset.intensity_scale == (0.25, 1.0)
+    assert trainer.method.resolved_config().data.intensity_scale == [0.25, 1.0]
+    assert line.startswith("data.intensity_scale auto -> [0.25, 1.0] (labeled cases' 99.5th intensity "
+                           "percentile 0.60-1.00, darkest 5% of the unlabeled 0.28)"), line
+    assert acdc.data.intensity_scale == "auto"  # the caller's config is not changed
+
+    phantom = tiny_config(phantom_root)
+    phantom = dataclasses.replace(phantom, data=dataclasses.replace(phantom.data, intensity_scale="auto"))
+    trainer, line = started(phantom, "phantom")
+    assert trainer.cfg.data.intensity_scale is None and trainer.stream.dataset.intensity_scale is None
+    assert line.endswith("the labeled cases cover the unlabeled, so no scaling"), line
+
+
+def test_intensity_scale_auto_stops_on_an_unreadable_training_image(tmp_path, phantom_root):
+    """The start hint only warns on a NaN image; a run that asked for the range cannot be given one, so it
+    stops before training with the file's name (`data info --check` lists every such file)."""
+    import h5py
+
+    root = tmp_path / "phantom"
+    shutil.copytree(phantom_root, root)
+    cfg = tiny_config(root)
+    probe = Trainer(cfg, tmp_path / "probe", progress=False)
+    name = probe.source.train_slice_names[probe.split.unlabeled_indices[0]]
+    with h5py.File(probe.source.slice_path(name), "r+") as f:
+        image = f["image"][()]
+        image[0, 0] = float("nan")
+        f["image"][...] = image
+    auto = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, intensity_scale="auto"))
+    with pytest.raises(DataError, match="image has NaN or inf values"):
+        Trainer(auto, tmp_path / "run", progress=False)
 
 
 def test_validation_scores_distances_at_its_cadence_and_selects_the_same_best(tmp_path, phantom_root):

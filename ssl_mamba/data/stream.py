@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
-from ..errors import DataError, UserError
+from ..errors import ConfigError, DataError, UserError
 from .augment import batched_affine, batched_intensity_scale, random_generator, random_intensity_scale, zoom_to
 from .batch import Batch
 from .samplers import ShardedSampler, ShuffleSampler, TwoStreamSampler, derive_seed
@@ -163,6 +163,9 @@ def build_train_stream(data_cfg: DataConfig, source: SegmentationSource, split: 
     batch_size and labeled_batch_size are global: with world_size > 1 this rank's stream yields its
     `ShardedSampler` share (labeled_batch_size / world_size labeled rows first).
     """
+    if isinstance(data_cfg.intensity_scale, str):
+        raise ConfigError(f"data.intensity_scale {data_cfg.intensity_scale!r} must be resolved to [low, high] "
+                          "before a stream is built (the trainer does so at a run's start)")
     dataset = SliceDataset(source, data_cfg.patch_size, data_cfg.num_classes, data_cfg.augment,
                            data_cfg.rotflip_prob, data_cfg.rotate_prob, data_cfg.intensity_scale)
     if labeled_batch_size is None or labeled_batch_size >= batch_size:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig, from_dict, save_config, to_dict
+from ..config import INTENSITY_SCALE_AUTO, ExperimentConfig, from_dict, save_config, to_dict
 from ..errors import ConfigError, DataError, UserError
 from ..ops import resolve_backend, set_low_memory_scan
 from ..utils.io import atomic_write_json
@@ -200,6 +200,9 @@ class Trainer:
         self.val_names = list(self.source.volume_names(cfg.eval.val_split))
         if not self.val_names:
             raise DataError(f"{cfg.data.root}: the {cfg.eval.val_split!r} split has no volumes to validate on")
+        self.intensities: Optional[dict] = None  # training_intensities, when data.intensity_scale is auto
+        if cfg.data.intensity_scale == INTENSITY_SCALE_AUTO:
+            self.cfg = cfg = self._resolve_intensity_scale(cfg)
         self.method: Method = method_class(cfg, build_networks(cfg))
         check_patch_size(self.method, cfg.data.patch_size)
         self.method.to(self.device)
@@ -233,6 +236,17 @@ class Trainer:
         self.stop_agreed = False  # under torchrun with deferred read-back: a resolved iteration's stop vote
         self.queued: Optional[QueuedIteration] = None  # the previous iteration, logged once its values arrive
         self.last_losses: Dict[str, float] = {}
+
+    def _resolve_intensity_scale(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """data.intensity_scale: auto -> the range `ssl-mamba data info --intensity` suggests from this
+        run's training images (or null when the labeled cases cover the unlabeled), so config.yaml, a
+        resume and the tables see numbers.  Every rank reads the same images and finds the same range.
+        Unlike the start hint, an unreadable training image stops the run: it asked for the range."""
+        from ..data import training_intensities
+
+        self.intensities = training_intensities(self.source, self.split)
+        data = dataclasses.replace(cfg.data, intensity_scale=self.intensities["suggested_intensity_scale"])
+        return dataclasses.replace(cfg, data=data)
 
     def _configure_gpu_switches(self) -> None:
         """Check the GPU switches (cuda_graphs, compile, low_memory_scan) against the networks, the
@@ -474,6 +488,8 @@ class Trainer:
                  len(self.split.labeled_indices), len(self.split.unlabeled_indices))
         if self.resume:
             self._warn_unrecorded_options()
+        elif self.intensities is not None:
+            self._log_resolved_intensity_scale()
         else:
             self._hint_intensity_scale()
         if self.compiled_blocks:
@@ -484,6 +500,15 @@ class Trainer:
             log.info("data parallel: %d processes, global batch %d (%d per process), BatchNorm statistics %s",
                      self.dist.world_size, cfg.method.batch_size, cfg.method.batch_size // self.dist.world_size,
                      "synchronised (SyncBatchNorm)" if cfg.train.sync_bn else "per process")
+
+    def _log_resolved_intensity_scale(self) -> None:
+        found, scale = self.intensities, self.cfg.data.intensity_scale
+        labeled = found["labeled"].values()
+        darkest = ("no unlabeled cases" if found["unlabeled_quantile"] is None
+                   else f"darkest 5% of the unlabeled {found['unlabeled_quantile']:.2f}")
+        log.info("data.intensity_scale auto -> %s (labeled cases' 99.5th intensity percentile %.2f-%.2f, %s)%s",
+                 scale, min(labeled), max(labeled), darkest,
+                 "" if scale else ": the labeled cases cover the unlabeled, so no scaling")
 
     def _hint_intensity_scale(self) -> None:
         """With few labels, the labeled cases can all be brighter than part of the unlabeled (and the
@@ -509,7 +534,8 @@ class Trainer:
         command = f"ssl-mamba data info {d.root} --labeled-cases {len(self.split.labeled_cases)}"
         log.warning("the %d labeled cases (99.5th intensity percentile %.2f-%.2f) are all clearly brighter than "
                     "the darkest 5%% of the unlabeled training cases (%.2f): test volumes as dark may be missed; "
-                    "consider data.intensity_scale: %s (`%s --intensity` shows the coverage)",
+                    "consider data.intensity_scale: %s, or auto to take it at the start (`%s --intensity` shows "
+                    "the coverage)",
                     len(labeled), min(labeled), max(labeled), found["unlabeled_quantile"], scale, command)
 
     @contextlib.contextmanager

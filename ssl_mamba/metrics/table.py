@@ -95,7 +95,9 @@ def row_label(cfg: ExperimentConfig) -> str:
     label = f"{cfg.method.name} ({' + '.join(cfg.model.networks)}), {labeled_data(cfg)}"
     if cfg.data.normalize != "none":
         label += f", {cfg.data.normalize}-normalised slices"
-    if cfg.data.intensity_scale:
+    if isinstance(cfg.data.intensity_scale, str):  # a config never trained: a run's config.yaml holds the range
+        label += f", intensities scaled ({cfg.data.intensity_scale})"
+    elif cfg.data.intensity_scale:
         low, high = cfg.data.intensity_scale
         label += f", intensities scaled by {low:g}-{high:g}"
     for key, value in scoring_changes(cfg).items():
