@@ -15,7 +15,8 @@
 # (A call carries the tree, ~26 MiB, and at most ~37 MiB beside it: the pack's pieces are 33 MB, the
 # gzipped compile cache 17 MB.  Every phase keeps the pieces it was given; launch checks them all.)
 #   (FINAL=1 ... watch packs what is published now.)  Then, here:
-#   cat <files>/s16.tgz.part* | tar xzf - -C fetched && python scripts/reproduce.py collect fetched/runs/published/*
+#   cat <files>/results.tgz.part* | tar xzf - -C fetched && python scripts/reproduce.py collect fetched/runs/published/*
+#   cat <files>/compile_cache.bin.gz.part* > .carry/cache/compile_cache.bin.gz   # when it came back
 #
 # watch also scores each newly published run again after largest-component post-processing
 # (metrics/test_lcc) and brings back the torch.compile cache a row wrote (gzipped; `prepare` keeps it
@@ -100,26 +101,50 @@ poll() {
   echo "published: $(published | xargs -r -n1 basename | tr '\n' ' ')"
 }
 
-# each published run scored again after largest-component post-processing, spread over the GPUs
+# each published run scored again after largest-component post-processing, spread over the GPUs.
+# A rescoring's log ends with "lcc exit N"; a failed one (say, out of memory beside a training) is
+# retried once, its first log kept as lcc_NAME.failed.log, so one failure cannot hold watch from packing.
 rescore_published() {
   local gpus; gpus=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpus" -gt 0 ] || gpus=1
-  local gpu=0 d name
+  local gpu=0 d name log
   for d in $(published); do
     name=$(basename "$d")
-    if [ -e "$d/metrics/test_lcc" ] || [ -e "$S/lcc_$name.log" ]; then continue; fi
-    lane "lcc_$name" $gpu "python3 -m ssl_mamba.cli evaluate --run runs/reproduce/$name \
-      --set eval.postprocess=largest_component --out $d/metrics/test_lcc.tmp --no-progress \
-      && mv $d/metrics/test_lcc.tmp $d/metrics/test_lcc"
+    log="$S/lcc_$name.log"
+    [ -e "$d/metrics/test_lcc" ] && continue
+    if [ -e "$log" ]; then
+      lcc_failed "$log" || continue  # still running (or done: test_lcc is there by the next look)
+      [ -e "$S/lcc_$name.failed.log" ] && continue  # failed twice: given up (rescored counts it)
+      mv "$log" "$S/lcc_$name.failed.log" && echo "rescoring $name failed; once more"
+    fi
+    lane "lcc_$name" $gpu "rm -rf $d/metrics/test_lcc.tmp && python3 -m ssl_mamba.cli evaluate \
+      --run runs/reproduce/$name --set eval.postprocess=largest_component --out $d/metrics/test_lcc.tmp \
+      --no-progress && mv $d/metrics/test_lcc.tmp $d/metrics/test_lcc; echo \"lcc exit \$?\""
     gpu=$(( (gpu + 1) % gpus ))
   done
 }
 
-rescored() { local n=0 d; for d in $(published); do [ -e "$d/metrics/test_lcc" ] && n=$((n + 1)); done; echo $n; }
+lcc_failed() { grep -q '^lcc exit [1-9]' "$1" 2>/dev/null; }
+
+# published runs whose rescoring is over: scored, or failed twice (its logs come back in the pack)
+rescored() {
+  local n=0 d name
+  for d in $(published); do
+    name=$(basename "$d")
+    if [ -e "$d/metrics/test_lcc" ] || { [ -e "$S/lcc_$name.failed.log" ] && lcc_failed "$S/lcc_$name.log"; }; then
+      n=$((n + 1))
+    fi
+  done
+  echo $n
+}
 
 # $OUT takes at most 8 files of 16 MiB: results first, the compile cache if it still fits
 pack() {
   rm -rf /tmp/lease/out && mkdir -p /tmp/lease/out
-  (cd "$W" && tar czf /tmp/lease/out/results.tgz runs/published -C "$S" .)
+  # the finished publications only (provenance.json is written last: `collect` refuses a folder without
+  # it, and with it every folder named), without a rescoring in progress (test_lcc.tmp)
+  local rows; rows=$(published | sed "s|^$W/||")
+  # shellcheck disable=SC2086 # one word per row folder
+  (cd "$W" && tar czf /tmp/lease/out/results.tgz --exclude=test_lcc.tmp $rows -C "$S" .)
   (cd /tmp/lease/out && split -b 15M -d results.tgz "$OUT/results.tgz.part" && sha256sum results.tgz)
   if [ -f "$CACHE" ]; then
     gzip -1 -c "$CACHE" > /tmp/lease/out/compile_cache.bin.gz

@@ -216,13 +216,19 @@ def evaluate_command(run_dir: Path, network: str) -> List[str]:
 
 class GpuSlots:
     """Rows spread over the GPUs of one machine: `take()` lends a row the `per_row` least busy GPUs
-    (as CUDA_VISIBLE_DEVICES in the environment of its train and evaluate commands) until it ends."""
+    (as CUDA_VISIBLE_DEVICES in the environment of its train and evaluate commands) until it ends.
+    Under a CUDA_VISIBLE_DEVICES of its own (a lease lane's "2,3") the GPUs are those it names."""
 
     def __init__(self, count: int, per_row: int = 1):
         if count < 1:
             raise SystemExit(f"--gpus {count}: need at least 1")
         if not 1 <= per_row <= count:
             raise SystemExit(f"--gpus-per-row {per_row}: must be between 1 and --gpus ({count})")
+        # the rows' CUDA_VISIBLE_DEVICES replaces this process's: "0,1" under "2,3" would take GPUs 0 and 1
+        visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        if visible and len(visible) < count:
+            raise SystemExit(f"--gpus {count}: CUDA_VISIBLE_DEVICES={','.join(visible)} leaves only {len(visible)}")
+        self.ids = visible[:count] if visible else [str(i) for i in range(count)]
         self.busy = [0] * count
         self.per_row = per_row
         self.lock = threading.Lock()
@@ -234,7 +240,7 @@ class GpuSlots:
             for gpu in chosen:
                 self.busy[gpu] += 1
         try:
-            yield {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, chosen))}
+            yield {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(self.ids[gpu] for gpu in chosen)}
         finally:
             with self.lock:
                 for gpu in chosen:

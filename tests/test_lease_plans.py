@@ -14,17 +14,19 @@ from ssl_mamba.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = sorted((REPO / "scripts" / "lease_plans").glob("*.sh"))
+DRIVER = REPO / "scripts" / "device_lease.sh"
 RUN = "python3 scripts/reproduce.py run"
 
 
 def lanes_of(plan: Path) -> list:
-    """(name, gpus, command) of each lane, the plan sourced by bash with a recording `lane`."""
-    script = (f'RUN="{RUN}"; COMMON="--set data.root=.pack/acdc --results runs/published --commit abc"; '
-              'CACHE=/tmp/lease/compile_cache.bin; '
-              'lane() { printf "%s\\t%s\\t%s\\n" "$1" "$2" "$3"; }; '
-              f'source {shlex.quote(str(plan))}')
+    """(name, gpus, command) of each lane: the driver's own `launch` sources the plan (its set -u, $RUN,
+    $COMMON and $CACHE), with a recording `lane` (joining its command words as the real one does) and
+    without the staging, the wait and the poll."""
+    script = (f'source {shlex.quote(str(DRIVER))}; stage_checkout() {{ :; }}; sleep() {{ :; }}; poll() {{ :; }}; '
+              'elapsed() { echo 0; }; lane() { local n=$1 g=$2; shift 2; printf "LANE\\t%s\\t%s\\t%s\\n" "$n" "$g" "$*"; }; '
+              f'COMMIT=abc PLAN={shlex.quote(str(plan))} launch')
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in out.splitlines()]
+    return [line.split("\t")[1:] for line in out.splitlines() if line.startswith("LANE\t")]
 
 
 def reproduce_rows(command: str) -> list:
@@ -45,15 +47,16 @@ def reproduce_rows(command: str) -> list:
 def test_every_row_of_a_plan_loads_with_its_overrides(plan):
     lanes = lanes_of(plan)
     assert lanes, f"{plan} starts no lane"
-    rows = [row for _, _, command in lanes for row in reproduce_rows(command)]
+    rows = [(gpus, row) for _, gpus, command in lanes for row in reproduce_rows(command)]
     assert rows, f"{plan} runs no reproduce.py row"
-    for config, overrides, args in rows:
+    for gpus, (config, overrides, args) in rows:
         assert (REPO / config).is_file(), f"{plan.name}: {config} does not exist"
         cfg = load_config(REPO / config, [o for o in overrides if not o.startswith("data.root=")])
         assert cfg.train.max_iterations == 30000, f"{plan.name}: {config} is not a full-protocol row"
+        if "--gpus" in args:  # reproduce.py hands out the lane's GPUs (GpuSlots), no more than it has
+            assert int(args[args.index("--gpus") + 1]) <= len(gpus.split(",")), f"{plan.name}: {config}"
         if "--gpus-per-row" in args:  # a data-parallel row needs as many GPUs in its lane
-            lane_gpus = next(g for _, g, c in lanes if config in c and "--gpus-per-row" in c)
-            assert len(lane_gpus.split(",")) == int(args[args.index("--gpus-per-row") + 1])
+            assert len(gpus.split(",")) == int(args[args.index("--gpus-per-row") + 1]), f"{plan.name}: {config}"
 
 
 def test_a_plan_with_a_misspelt_key_is_caught(tmp_path):
@@ -63,6 +66,14 @@ def test_a_plan_with_a_misspelt_key_is_caught(tmp_path):
     (config, overrides, _), = reproduce_rows(lanes_of(plan)[0][2])
     with pytest.raises(Exception, match="compile_cahce"):
         load_config(REPO / config, [o for o in overrides if not o.startswith("data.root=")])
+
+
+def test_a_plan_with_an_unset_variable_is_caught(tmp_path):
+    """launch sources a plan under the driver's set -u: a misspelt variable stops it there, so here too."""
+    plan = tmp_path / "bad.sh"
+    plan.write_text('lane x 0 "$RUN configs/acdc/mt_unet_3cases.yaml $COMMMON"\n')
+    with pytest.raises(subprocess.CalledProcessError):
+        lanes_of(plan)
 
 
 def test_progress_line_reads_rate_and_time_left(tmp_path):

@@ -258,7 +258,8 @@ def test_collect_refuses_a_row_named_like_the_diagnostics_folder(reproduce, tmp_
         reproduce.main(["collect", str(empty), "--results", str(results)])
 
 
-def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchrun(reproduce):
+def test_rows_of_several_gpus_take_the_least_busy_pair_and_train_through_torchrun(reproduce, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots = reproduce.GpuSlots(4, per_row=2)
     with slots.take() as a, slots.take() as b:
         assert (a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]) == ("0,1", "2,3")
@@ -299,6 +300,7 @@ def test_a_row_on_two_processes_trains_evaluates_and_publishes(reproduce, tmp_pa
     config = phantom_row(tmp_path, tmp_path / "row.yaml", "ddp_row", batch_size=4, method="cross_teaching",
                          networks=("test_unet", "test_unet"), labeled_batch_size=2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # GpuSlots hands out the caller's GPUs
     monkeypatch.setattr(reproduce, "pack_dtype", lambda root: None)
     commands, run_child = [], reproduce.run_child
 
@@ -370,13 +372,27 @@ def test_a_data_parallel_row_says_so_in_the_provenance_table(reproduce, tmp_path
     assert "| ddp | 10 | ? | 1.0 min on 2 GPUs | 80 |" in reproduce.provenance_table([tmp_path / "ddp"])
 
 
-def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce):
+def test_rows_are_spread_over_the_gpus_and_give_them_back(reproduce, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots = reproduce.GpuSlots(2)
     with slots.take() as a, slots.take() as b, slots.take() as c:
         assert [a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"], c["CUDA_VISIBLE_DEVICES"]] == ["0", "1", "0"]
     assert slots.busy == [0, 0]
     with slots.take() as d:
         assert d["CUDA_VISIBLE_DEVICES"] == "0" and "PATH" in d  # the rest of the environment is kept
+
+
+def test_rows_stay_on_the_gpus_their_caller_was_given(reproduce, monkeypatch):
+    """A lease lane on GPUs 2,3 runs `--gpus 2`: its rows must train there, not on GPUs 0 and 1 (the
+    rows' CUDA_VISIBLE_DEVICES replaces the lane's), and it cannot spread over more than it was given."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with reproduce.GpuSlots(2, per_row=2).take() as pair:
+        assert pair["CUDA_VISIBLE_DEVICES"] == "2,3"
+    slots = reproduce.GpuSlots(2)
+    with slots.take() as a, slots.take() as b:
+        assert (a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]) == ("2", "3")
+    with pytest.raises(SystemExit, match="CUDA_VISIBLE_DEVICES=2,3 leaves only 2"):
+        reproduce.GpuSlots(4)
 
 
 def test_a_stop_request_reaches_running_rows_and_starts_no_more(reproduce, tmp_path):
