@@ -78,6 +78,9 @@ lane() {
 
 launch() {
   : "${COMMIT:?set COMMIT to the hash of the clean tree the device runs}" "${PLAN:?set PLAN}"
+  if [ -d "$W/runs" ]; then  # a second launch would wipe the copy its trainings run from
+    echo "$W already holds runs: one launch per lease (watch it, or add lanes with another plan by hand)"; exit 1
+  fi
   stage_checkout
   RUN="python3 scripts/reproduce.py run"
   COMMON="--set data.root=.pack/acdc --results runs/published --commit $COMMIT"
@@ -97,7 +100,7 @@ poll() {
   for log in "$W"/runs/reproduce/*/train.log; do
     [ -f "$log" ] && python3 "$W/scripts/lease_progress.py" "$log"
   done
-  for f in "$S"/*.log; do echo "== $(basename "$f"): $(tail -n 2 "$f" | tr '\n' ' ' | cut -c1-300)"; done
+  for f in "$S"/*.log; do [ -f "$f" ] || continue; echo "== $(basename "$f"): $(tail -n 2 "$f" | tr '\n' ' ' | cut -c1-300)"; done
   echo "published: $(published | xargs -r -n1 basename | tr '\n' ' ')"
 }
 
@@ -146,6 +149,9 @@ pack() {
   # shellcheck disable=SC2086 # one word per row folder
   (cd "$W" && tar czf /tmp/lease/out/results.tgz --exclude=test_lcc.tmp $rows -C "$S" .)
   (cd /tmp/lease/out && split -b 15M -d results.tgz "$OUT/results.tgz.part" && sha256sum results.tgz)
+  if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then  # only 8 files come back: say so rather than lose the rest
+    echo "results.tgz is $(ls "$OUT" | wc -l) pieces; only 8 come back: fetch the rest from /tmp/lease/out"
+  fi
   if [ -f "$CACHE" ]; then
     gzip -1 -c "$CACHE" > /tmp/lease/out/compile_cache.bin.gz
     local have need

@@ -42,7 +42,8 @@ def test_same_seed_same_files(tmp_path):
 
 
 def test_a_tiny_unet_learns_it(tmp_path):
-    """150 iterations of test_unet at 64x64 reach a high mean foreground Dice on a held-out volume."""
+    """250 iterations of test_unet at 64x64 reach a high mean foreground Dice on a held-out volume (150
+    passed until a fresh environment of 2026-11-28 reached only 0.78; 250 reach 0.94 there)."""
     from ssl_mamba.losses import supervised_loss
     from ssl_mamba.models import create_model
 
@@ -57,7 +58,7 @@ def test_a_tiny_unet_learns_it(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _ in range(150):
+        for _ in range(250):
             batch = next(stream)
             loss = supervised_loss(net(batch.image), batch.label, 4)
             opt.zero_grad()
