@@ -109,7 +109,8 @@ poll() {
 # retried once, its first log kept as lcc_NAME.failed.log, so one failure cannot hold watch from packing.
 rescore_published() {
   local gpus; gpus=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpus" -gt 0 ] || gpus=1
-  local gpu=0 d name log
+  local gpu d name log
+  gpu=$(cat /tmp/lease/next_gpu 2>/dev/null || echo 0)  # go on round the GPUs from the last pass
   for d in $(published); do
     name=$(basename "$d")
     log="$S/lcc_$name.log"
@@ -123,6 +124,7 @@ rescore_published() {
       --run runs/reproduce/$name --set eval.postprocess=largest_component --out $d/metrics/test_lcc.tmp \
       --no-progress && mv $d/metrics/test_lcc.tmp $d/metrics/test_lcc; echo \"lcc exit \$?\""
     gpu=$(( (gpu + 1) % gpus ))
+    echo $gpu > /tmp/lease/next_gpu
   done
 }
 

@@ -6,7 +6,10 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 VALIDATION = re.compile(r"iteration (\d+): net1 val (.*)")
+START = re.compile(r"trainer: (starting|resuming at iteration \d+) ")
 
 
 def stamp(line: str) -> datetime.datetime:
@@ -14,14 +17,21 @@ def stamp(line: str) -> datetime.datetime:
 
 
 def max_iterations(run_dir: Path) -> int:
-    match = re.search(r"^  max_iterations: (\d+)$", (run_dir / "config.yaml").read_text(), re.MULTILINE)
-    if not match:
+    iterations = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {}).get("max_iterations")
+    if not isinstance(iterations, int):
         raise SystemExit(f"{run_dir / 'config.yaml'}: no train.max_iterations")
-    return int(match.group(1))
+    return iterations
+
+
+def this_segment(lines: list) -> list:
+    """The lines since the training last started (a resumed run's log holds earlier segments, whose pause
+    between leases is no part of the rate)."""
+    starts = [i for i, line in enumerate(lines) if START.search(line)]
+    return lines[starts[-1]:] if starts else lines
 
 
 def progress(log: Path) -> str:
-    lines = [line for line in log.read_text().splitlines() if VALIDATION.search(line)]
+    lines = [line for line in this_segment(log.read_text().splitlines()) if VALIDATION.search(line)]
     name = log.parent.name
     if len(lines) < 2:
         return f"{name}: {len(lines)} validations"

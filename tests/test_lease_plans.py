@@ -83,10 +83,15 @@ def test_progress_line_reads_rate_and_time_left(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("train:\n  max_iterations: 1000\n")
     (run / "train.log").write_text(
-        "2026-11-28 10:00:00,000 INFO x: starting\n"
+        "2026-11-28 10:00:00,000 INFO ssl_mamba.engine.trainer: starting acdc_row: method x\n"
         "2026-11-28 10:00:10,000 INFO x: iteration 200: net1 val mean Dice 0.5 (best 0.5 at 200; 0.1 s)\n"
         "2026-11-28 10:00:10,500 INFO x: iteration 200: net2 val mean Dice 0.4 (best 0.4 at 200; 0.1 s)\n"
         "2026-11-28 10:00:18,000 INFO x: iteration 400: net1 val mean Dice 0.6 (best 0.6 at 400; 0.1 s)\n")
     line = progress(run / "train.log")
     # 200 iterations in 8 s: 40 ms each, 600 left: 24 s
     assert line.startswith("acdc_row: iteration 400, 40.0 ms/it, ~24 s left; mean Dice 0.6"), line
+    with (run / "train.log").open("a") as log:  # resumed a day later: the pause is no part of the rate
+        log.write("2026-11-29 10:00:00,000 INFO ssl_mamba.engine.trainer: resuming at iteration 400 acdc_row: method x\n"
+                  "2026-11-29 10:00:30,000 INFO x: iteration 600: net1 val mean Dice 0.7 (best 0.7 at 600; 0.1 s)\n"
+                  "2026-11-29 10:00:36,000 INFO x: iteration 800: net1 val mean Dice 0.7 (best 0.7 at 800; 0.1 s)\n")
+    assert progress(run / "train.log").startswith("acdc_row: iteration 800, 30.0 ms/it, ~6 s left"), line
