@@ -769,23 +769,28 @@ def test_intensity_scale_auto_takes_the_suggested_range_at_the_start(tmp_path, p
     assert line.endswith("the labeled cases cover the unlabeled, so no scaling"), line
 
 
-def test_intensity_scale_auto_stops_on_an_unreadable_training_image(tmp_path, phantom_root):
-    """The start hint only warns on a NaN image; a run that asked for the range cannot be given one, so it
-    stops before training with the file's name (`data info --check` lists every such file)."""
+def trainer_on_a_phantom_with_a_nan_image(tmp_path, phantom_root) -> Trainer:
+    """A trainer on a copy of the phantom whose first unlabeled training slice then gets a NaN pixel."""
     import h5py
 
     root = tmp_path / "phantom"
     shutil.copytree(phantom_root, root)
-    cfg = tiny_config(root)
-    probe = Trainer(cfg, tmp_path / "probe", progress=False)
-    name = probe.source.train_slice_names[probe.split.unlabeled_indices[0]]
-    with h5py.File(probe.source.slice_path(name), "r+") as f:
+    trainer = Trainer(tiny_config(root), tmp_path / "run", progress=False)
+    name = trainer.source.train_slice_names[trainer.split.unlabeled_indices[0]]
+    with h5py.File(trainer.source.slice_path(name), "r+") as f:
         image = f["image"][()]
         image[0, 0] = float("nan")
         f["image"][...] = image
+    return trainer
+
+
+def test_intensity_scale_auto_stops_on_an_unreadable_training_image(tmp_path, phantom_root):
+    """The start hint only warns on a NaN image; a run that asked for the range cannot be given one, so it
+    stops before training with the file's name (`data info --check` lists every such file)."""
+    cfg = trainer_on_a_phantom_with_a_nan_image(tmp_path, phantom_root).cfg
     auto = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, intensity_scale="auto"))
     with pytest.raises(DataError, match="image has NaN or inf values"):
-        Trainer(auto, tmp_path / "run", progress=False)
+        Trainer(auto, tmp_path / "auto", progress=False)
 
 
 def test_validation_scores_distances_at_its_cadence_and_selects_the_same_best(tmp_path, phantom_root):
@@ -809,17 +814,7 @@ def test_validation_scores_distances_at_its_cadence_and_selects_the_same_best(tm
 def test_intensity_hint_is_skipped_with_a_warning_when_a_training_image_is_not_finite(tmp_path, phantom_root, caplog):
     """The hint reads every training image; one with a NaN (which `data info --check` names) must not stop
     the run before its first iteration with a DataError of the hint's own: it says why it is skipped."""
-    import h5py
-
-    root = tmp_path / "phantom"
-    shutil.copytree(phantom_root, root)
-    cfg = tiny_config(root)
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    name = trainer.source.train_slice_names[trainer.split.unlabeled_indices[0]]
-    with h5py.File(trainer.source.slice_path(name), "r+") as f:
-        image = f["image"][()]
-        image[0, 0] = float("nan")
-        f["image"][...] = image
+    trainer = trainer_on_a_phantom_with_a_nan_image(tmp_path, phantom_root)
     caplog.clear()
     with caplog.at_level("WARNING", logger="ssl_mamba"):
         trainer._hint_intensity_scale()
