@@ -3,24 +3,26 @@
 #
 # The tool sends the checkout (64 MiB at most per call, the ACDC pack alone is 64 MiB), keeps the
 # machine ~30 s after a call and kills what a call leaves running unless it has its own session.  So:
-# the pack travels in pieces over two calls, the trainings run under setsid from a copy of the
+# the pack travels in pieces over three calls, the trainings run under setsid from a copy of the
 # checkout in /tmp, and later calls, sent back to back, only watch and finally bring the results back.
 #
 #   bash scripts/device_lease.sh prepare     # here: .carry/ pieces, .whl/ wheels (both git-ignored)
 #   device run "bash scripts/device_lease.sh start"      carry [.carry/pack/pack.tgz.part00, .whl]
 #   device run "bash scripts/device_lease.sh stage"      carry [.carry/pack/pack.tgz.part01]
+#   device run "bash scripts/device_lease.sh stage"      carry [.carry/pack/pack.tgz.part02]
 #   device run "PLAN=scripts/lease_plans/NAME.sh COMMIT=<clean HEAD> bash scripts/device_lease.sh launch"
-#       carry [.carry/pack/pack.tgz.part02, .carry/pack/SHA256SUMS, .carry/cache]
+#       carry [.carry/pack/SHA256SUMS, .carry/cache]
 #   device run "UNTIL=540 EXPECTED=<runs> bash scripts/device_lease.sh watch"     # again until it packs
-# (A call carries the tree, ~26 MiB, and at most ~37 MiB beside it: the pack's pieces are 33 MB, the
-# gzipped compile cache 17 MB.  Every phase keeps the pieces it was given; launch checks them all.)
+# (A call carries the tracked tree, ~30 MB and growing with results/, and what is left of the 64 MiB
+# beside it: the pack's pieces are 24 MB, the gzipped compile cache 17 MB.  Every phase keeps the
+# pieces it was given; launch checks them all.)
 #   (FINAL=1 ... watch packs what is published now.)  Then, here:
 #   cat <files>/results.tgz.part* | tar xzf - -C fetched && python scripts/reproduce.py collect fetched/runs/published/*
 #   cat <files>/compile_cache.bin.gz.part* > .carry/cache/compile_cache.bin.gz   # when it came back
 #
 # watch also scores each newly published run again after largest-component post-processing
 # (metrics/test_lcc) and brings back the torch.compile cache a row wrote (gzipped; `prepare` keeps it
-# in .carry/cache/ so the next lease's rows skip most of their compile).
+# in .carry/cache/: the next lease's rows skip part of their compile, ~45 of ~127 s measured).
 # A plan (scripts/lease_plans/*.sh) is sourced by `launch`: it calls `lane NAME GPUS COMMAND`, each lane
 # one shell command run in the background on those GPUs, with $RUN (reproduce.py run) and $COMMON
 # (pack root, results folder, commit) to build it from.
@@ -31,7 +33,7 @@ CACHE=/tmp/lease/compile_cache.bin
 export PYTHONPATH=/tmp/site:$W PYTHONUNBUFFERED=1
 # multicast stays off on the lent machines (device KINDS.md)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-PIECE=33000000  # bytes per pack piece: the tree (~26 MiB) + two pieces stay under the 64 MiB a call carries
+PIECE=24000000  # bytes per pack piece: one piece beside the tree (~30 MB) stays well under a call's 64 MiB
 
 elapsed() { echo $(( $(date +%s) - $(cat /tmp/lease/started) )); }
 
