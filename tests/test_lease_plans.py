@@ -43,6 +43,11 @@ def reproduce_rows(command: str) -> list:
     return rows
 
 
+def load_row(config: str, overrides: list):
+    """A row's config with its lane's overrides, but for data.root (the pack exists only on the device)."""
+    return load_config(REPO / config, [o for o in overrides if not o.startswith("data.root=")])
+
+
 @pytest.mark.parametrize("plan", PLANS, ids=[p.stem for p in PLANS])
 def test_every_row_of_a_plan_loads_with_its_overrides(plan):
     lanes = lanes_of(plan)
@@ -51,7 +56,7 @@ def test_every_row_of_a_plan_loads_with_its_overrides(plan):
     assert rows, f"{plan} runs no reproduce.py row"
     for gpus, (config, overrides, args) in rows:
         assert (REPO / config).is_file(), f"{plan.name}: {config} does not exist"
-        cfg = load_config(REPO / config, [o for o in overrides if not o.startswith("data.root=")])
+        cfg = load_row(config, overrides)
         assert cfg.train.max_iterations == 30000, f"{plan.name}: {config} is not a full-protocol row"
         if "--gpus" in args:  # reproduce.py hands out the lane's GPUs (GpuSlots), no more than it has
             assert int(args[args.index("--gpus") + 1]) <= len(gpus.split(",")), f"{plan.name}: {config}"
@@ -65,7 +70,7 @@ def test_a_plan_with_a_misspelt_key_is_caught(tmp_path):
     plan.write_text('lane x 0 "$RUN configs/acdc/mt_unet_3cases.yaml --set train.compile_cahce=1 $COMMON"\n')
     (config, overrides, _), = reproduce_rows(lanes_of(plan)[0][2])
     with pytest.raises(Exception, match="compile_cahce"):
-        load_config(REPO / config, [o for o in overrides if not o.startswith("data.root=")])
+        load_row(config, overrides)
 
 
 def test_a_plan_with_an_unset_variable_is_caught(tmp_path):
